@@ -1,0 +1,7 @@
+"""`python -m evomerge` = the `evomerge` command."""
+
+import sys
+
+from evomerge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""Best trial -> mergekit recipe YAML + merged model directory + a manifest, under `runs/<name>/export/`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from evomerge.errors import UserError
+from evomerge.ledger import Ledger
+from evomerge.merge import merge_to_disk
+from evomerge.recipe import dump_recipe_yaml
+from evomerge.rundir import read_run, write_atomic
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and what it holds."""
+
+    recipe_path: Path
+    model_dir: Path | None
+    trial: int
+    value: float
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_model: bool = True) -> ExportResult:
+    """Write the best completed trial's recipe (mergekit YAML) and, by default, the merged model."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    space = info.space()
+    genome_genes = space.expand(info.n_layers)
+    ledger = Ledger.open(run_dir, info.name, genome_genes, create=False)
+    try:
+        best = ledger.best()
+    except ValueError:
+        raise UserError(str(run_dir), "no completed trial to export", "run or resume the search first") from None
+    recipe = space.recipe(best.params, info.n_layers)
+    out = Path(out_dir) if out_dir else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = out / "recipe.yaml"
+    header = [f"evomerge run {info.name!r}, trial {best.number}, fitness {best.value:.6f} (dev split)",
+              f"reproduce with: evomerge merge {recipe_path} OUT_DIR   (or: mergekit-yaml {recipe_path} OUT_DIR)"]
+    write_atomic(recipe_path, dump_recipe_yaml(recipe, header))
+    model_dir = None
+    if with_model:
+        model_dir = merge_to_disk(recipe, out / "model").out_dir
+    manifest = {"run": info.name, "trial": best.number, "value": best.value, "params": best.params,
+                "scores": best.user_attrs.get("scores"), "seed": info.seed, "evomerge": info.evomerge,
+                "recipe": str(recipe_path), "model": str(model_dir) if model_dir else None}
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
+    return ExportResult(recipe_path, model_dir, best.number, float(best.value))

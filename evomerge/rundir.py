@@ -1,0 +1,73 @@
+"""A run directory: `runs/<name>/` holds `run.json` (what was run, with the search space's text), `study.db` (the
+ledger) and, after export, `export/`. The directory alone is enough to inspect or export a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from evomerge.errors import UserError
+from evomerge.space import Space, parse_space
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What `run.json` records."""
+
+    name: str
+    space_source: str  # the space file's absolute path (its relative paths resolve against it)
+    space_yaml: str  # the space file's text at the start of the run
+    seed: int
+    workers: int
+    n_layers: int
+    created: float
+    evomerge: str
+
+    def space(self) -> Space:
+        """The run's search space, parsed from the recorded text."""
+        import yaml
+
+        return parse_space(yaml.safe_load(self.space_yaml), self.space_source)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary name, flush to disk, rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_run(run_dir: Path, info: RunInfo) -> None:
+    """Make a new run directory; refuses to reuse one that holds a run."""
+    if (run_dir / RUN_FILE).exists():
+        raise UserError(str(run_dir), "a run with this name exists", "choose another --name or delete the directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(str(run_dir), f"cannot create the run directory ({e.strerror})", "choose a writable --runs-dir") from None
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(str(run_dir), "run directory is not writable", "choose a writable --runs-dir")
+    write_atomic(run_dir / RUN_FILE, json.dumps(asdict(info), indent=2))
+
+
+def read_run(run_dir: str | Path) -> RunInfo:
+    """Read `run.json` of an existing run."""
+    p = Path(run_dir) / RUN_FILE
+    if not p.is_file():
+        raise UserError(str(run_dir), "not a run directory (no run.json)", "pass runs/<name> of a finished search")
+    return RunInfo(**json.loads(p.read_text()))
+
+
+def new_info(name: str, space_path: Path, seed: int, workers: int, n_layers: int) -> RunInfo:
+    from evomerge import __version__
+
+    return RunInfo(name, str(space_path.resolve()), space_path.read_text(), seed, workers, n_layers, time.time(),
+                   __version__)

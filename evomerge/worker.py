@@ -1,0 +1,110 @@
+"""Evaluate candidates: merge in memory from resident source tensors, then score. The Ray actor is a thin shell.
+
+A worker loads the source models once (`Evaluator.start`); each candidate is then only a `ResidentMerge.apply`
+(in-place arithmetic, no file reads) and a scoring pass. Any exception inside a candidate becomes a failed
+`CandidateResult` with its reason: one bad candidate never takes the worker or the run down.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from evomerge.scorers import SetScores
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """Everything a worker needs to start: a template recipe (fixes models and method), eval sets, item choice."""
+
+    recipe: Mapping[str, Any]  # mergekit dict
+    eval_sets: tuple[str, ...]
+    split: str = "dev"
+    max_items: int | None = None
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point to evaluate: the trial number it is recorded under and its recipe (mergekit dict)."""
+
+    number: int
+    recipe: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """Scores of one candidate, or the reason it failed (error is None on success)."""
+
+    number: int
+    scores: Mapping[str, SetScores] = field(default_factory=dict)
+    error: str | None = None
+    merge_seconds: float = 0.0
+    score_seconds: float = 0.0
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Evaluator:
+    """Resident weights + prepared eval sets; `evaluate` is the per-candidate hot path."""
+
+    def __init__(self, backend, resident, prepared, worker: str) -> None:
+        self.backend, self.resident, self.prepared, self.worker = backend, resident, prepared, worker
+
+    @classmethod
+    def start(cls, spec: EvaluatorSpec, worker: str = "") -> "Evaluator":
+        """Load sources and eval sets once (the only I/O a worker does)."""
+        import torch
+
+        from evomerge import evaluation
+        from evomerge.backends.hf import HFBackend
+        from evomerge.evalsets import load_evalset
+        from evomerge.merge import ResidentMerge
+        from evomerge.recipe import Recipe
+        from evomerge.tensors import torch_dtype
+
+        torch.set_num_threads(spec.threads)
+        template = Recipe.from_mergekit(dict(spec.recipe))
+        backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype))
+        resident = ResidentMerge(template, backend.parameters())
+        prepared = [evaluation.prepare(backend, load_evalset(p), spec.split, spec.max_items, spec.seed)
+                    for p in spec.eval_sets]
+        return cls(backend, resident, prepared, worker or f"pid{os.getpid()}")
+
+    def evaluate(self, candidate: Candidate) -> CandidateResult:
+        """Merge the candidate into the resident model and score it; failures come back as values."""
+        from evomerge import evaluation
+        from evomerge.recipe import Recipe
+
+        t0 = time.perf_counter()
+        try:
+            self.resident.apply(Recipe.from_mergekit(dict(candidate.recipe)))
+            t1 = time.perf_counter()
+            scores = evaluation.score(self.backend, self.prepared)
+            t2 = time.perf_counter()
+        except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
+            detail = traceback.format_exception_only(type(e), e)[-1].strip()
+            return CandidateResult(candidate.number, error=detail, worker=self.worker)
+        return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker)
+
+
+def actor_class(num_cpus: float = 1, num_gpus: float = 0):
+    """The Ray actor around an Evaluator (ray is imported only here, when a search starts)."""
+    import ray
+
+    @ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)
+    class WorkerActor:
+        def __init__(self, spec: EvaluatorSpec, worker: str) -> None:
+            self.evaluator = Evaluator.start(spec, worker)
+
+        def evaluate(self, candidate: Candidate) -> CandidateResult:
+            return self.evaluator.evaluate(candidate)
+
+    return WorkerActor
