@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real Llama checkpoints (head_dim 64) made on the spot, and the miniature world."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_llama(path: Path, *, seed: int, parent: Path | None = None, noise: float = 0.02, layers: int = 4,
+               vocab: int = 96) -> Path:
+    """A tiny Llama model dir: random init (seeded), or `parent`'s weights plus seeded noise (a "fine-tune")."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
+                      num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    if parent is not None:
+        model = LlamaForCausalLM.from_pretrained(parent, dtype=torch.float32)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * noise)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_trio(tmp_path_factory) -> dict[str, Path]:
+    """base, instruct (= base + noise) and two language models (= base + noise), 4 layers each."""
+    root = tmp_path_factory.mktemp("llama")
+    base = make_llama(root / "base", seed=0)
+    return {"base": base,
+            "instruct": make_llama(root / "instruct", seed=1, parent=base),
+            "eu": make_llama(root / "eu", seed=2, parent=base),
+            "ca": make_llama(root / "ca", seed=3, parent=base)}
