@@ -43,3 +43,28 @@ def llama_trio(tmp_path_factory) -> dict[str, Path]:
             "instruct": make_llama(root / "instruct", seed=1, parent=base),
             "eu": make_llama(root / "eu", seed=2, parent=base),
             "ca": make_llama(root / "ca", seed=3, parent=base)}
+
+
+@pytest.fixture(scope="session")
+def miniature(tmp_path_factory):
+    """The miniature models (seed 0, so the shipped eval sets' vocabulary matches) at a small training scale."""
+    from evomerge.miniature.build import build_miniature
+
+    return build_miniature(tmp_path_factory.mktemp("mini") / "tiny", seed=0, scale=0.1)
+
+
+def write_space(path: Path, mini, *, popsize: int = 4, generations: int = 2, max_items: int = 8) -> Path:
+    """A quickstart-like space over the `miniature` fixture's models."""
+    import yaml
+
+    space = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
+    space["models"] = [{"name": "base", "role": "base", "path": str(mini.base)},
+                       {"name": "instruct", "role": "instruct", "path": str(mini.instruct)},
+                       {"name": "xb", "role": "language", "language": "xb", "path": str(mini.languages["xb"])}]
+    space.pop("build")
+    for s in space["eval"]["sets"]:
+        s["path"] = str((REPO / "search_spaces" / s["path"]).resolve())
+    space["eval"]["max_items"] = max_items
+    space["search"].update(popsize=popsize, generations=generations)
+    path.write_text(yaml.safe_dump(space))
+    return path
