@@ -16,6 +16,7 @@ EPILOG = """commands:
   export RUN               write the best recipe (mergekit YAML) and merged model of a run
   eval MODEL --eval-set D  score one model directory on eval sets
   quickstart               build tiny models, search, export: the whole flow on a CPU in minutes
+  space show SPACE         dimensions, genes, seeds and the recipe at a point (reads config.json files only)
 """
 
 
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-items", type=int, help="a seeded subset of at most this many items per set")
     v.add_argument("--seed", type=int, default=0, help="seed of the item subset (default 0)")
     v.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = sub.add_parser("space", help="inspect search spaces")
+    spsub = sp.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
+    show = spsub.add_parser("show", help="dimensions, genes, seeds and the recipe at a point")
+    show.add_argument("space", type=Path, nargs="?", help="search-space YAML (default with --run: the run's space)")
+    show.add_argument("--genome", help="gene values in the table's order, comma-separated")
+    show.add_argument("--run", type=Path, help="a run directory (with --trial, or to show the run's space)")
+    show.add_argument("--trial", type=int, help="show the point of this trial of --run")
 
     q = sub.add_parser("quickstart", help="tiny models -> search -> export, on a CPU in minutes")
     q.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs/)")
@@ -90,6 +99,24 @@ def _run(args: argparse.Namespace) -> int:
         else:
             for name, s in scores.items():
                 print(f"{name:30s} acc {s.acc:.4f}  gold_prob {s.gold_prob:.4f}  n {s.n}")
+    elif args.command == "space":
+        from evomerge import spaceview
+        from evomerge.hub import check_configs
+        from evomerge.rundir import read_run
+        from evomerge.space import load_space
+
+        if args.space is None and args.run is None:
+            raise UserError("space show", "no search space given", "pass SPACE.yaml or --run RUN")
+        if args.trial is not None and args.run is None:
+            raise UserError("--trial", "needs --run", "e.g. --run runs/q --trial 3")
+        space = load_space(args.space) if args.space else read_run(args.run).space()
+        shapes = check_configs(space)
+        values, label = None, "initial point"
+        if args.genome:
+            values, label = spaceview.point_from_genome(space, shapes.n_layers, args.genome), "given genome"
+        elif args.trial is not None:
+            values, label = spaceview.point_from_trial(args.run, args.trial), f"point of trial {args.trial}"
+        print(spaceview.describe(space, shapes, values, label))
     elif args.command == "quickstart":
         from evomerge.quickstart import run_quickstart
 

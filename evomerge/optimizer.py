@@ -16,7 +16,11 @@ class CmaEs:
 
     def __init__(self, x0: Sequence[float], stds: Sequence[float], *, popsize: int, seed: int,
                  sigma0: float = 1.0) -> None:
-        import cma
+        import warnings
+
+        with warnings.catch_warnings():  # pycma warns when matplotlib is absent; plotting is not its job here
+            warnings.simplefilter("ignore")
+            import cma
 
         opts = {"bounds": [0.0, 1.0], "popsize": popsize, "seed": seed + 1,  # pycma treats seed 0 as "random"
                 "CMA_stds": list(stds), "verbose": -9, "verb_log": 0, "verb_disp": 0}
@@ -25,6 +29,12 @@ class CmaEs:
     def ask(self) -> list[list[float]]:
         """One generation of candidates (unit coordinates, inside the box)."""
         return [list(map(float, x)) for x in self._es.ask()]
+
+    def inject(self, xs: Sequence[Sequence[float]]) -> None:
+        """Make the next asks start with these points (e.g. seed candidates), used as given."""
+        import numpy as np
+
+        self._es.inject([np.asarray(x, dtype=float) for x in xs], force=True)
 
     def tell(self, xs: Sequence[Sequence[float]], fitness: Sequence[float | None]) -> None:
         """Report the generation's fitness (None for failed candidates)."""

@@ -19,7 +19,8 @@ from evomerge.genome import Genome
 from evomerge.ledger import Ledger
 from evomerge.optimizer import CmaEs
 from evomerge.rundir import create_run, new_info
-from evomerge.space import Space, layer_count, load_space
+from evomerge.hub import check_configs
+from evomerge.space import Space, load_space
 from evomerge.worker import Candidate, CandidateResult, EvaluatorSpec
 
 
@@ -50,7 +51,7 @@ class SearchSummary:
 
 def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
     """Build the tiny miniature models when the space asks for them and any model is absent."""
-    missing = [m for m in space.models if not (Path(m.path) / "config.json").is_file()]
+    missing = [m for m in space.models if not m.hub and not (Path(m.ref) / "config.json").is_file()]
     if not missing:
         return
     if space.build_miniature is None:
@@ -59,7 +60,7 @@ def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
 
     log(f"building the tiny models in {space.build_miniature} (once; a minute or two on 2 cores) ...")
     build_miniature(Path(space.build_miniature), seed=space.build_seed)
-    still = [m for m in space.models if not (Path(m.path) / "config.json").is_file()]
+    still = [m for m in space.models if not m.hub and not (Path(m.ref) / "config.json").is_file()]
     if still:
         raise UserError(still[0].path, f"model {still[0].name!r} is not among the built tiny models",
                         f"point it into {space.build_miniature}")
@@ -71,7 +72,7 @@ def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
     if opts.workers < 1:
         raise UserError("--workers", "must be at least 1", "e.g. --workers 2")
     ensure_models(space)
-    n_layers = layer_count(space)
+    n_layers = check_configs(space).n_layers
     genome = Genome(tuple(space.expand(n_layers)))
     generations = opts.generations or space.search.generations
     popsize = opts.popsize or space.search.popsize
@@ -100,7 +101,12 @@ def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
         bar = tqdm(total=generations * popsize, desc=f"search {opts.name}", unit="cand", disable=not opts.progress,
                    file=sys.stderr, dynamic_ncols=True)
         best, per_gen, n_ok, n_fail = None, [], 0, 0
+        # seed candidates (the paper's settings) go first: pycma returns injected points at the head of ask()
+        pending = [(s.name, genome.encode(space.seed_values(s, n_layers))) for s in space.seeds]
         for gen in range(generations):
+            batch, pending = pending[:popsize], pending[popsize:]
+            if batch:
+                optimizer.inject([x for _, x in batch])
             xs = optimizer.ask()
             fitness: dict[int, float | None] = {}
             order = []
@@ -108,7 +114,10 @@ def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
             for i, x in enumerate(xs):
                 values = genome.decode(x)
                 recipe = space.recipe(values, n_layers).to_mergekit()
-                number = ledger.start(values, {"generation": gen, "index": i, "genome": x})
+                attrs = {"generation": gen, "index": i, "genome": x}
+                if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:  # pycma nudges points on a bound
+                    attrs["seed_candidate"] = batch[i][0]
+                number = ledger.start(values, attrs)
                 order.append(number)
                 queue.append(Candidate(number, recipe))
             for result in _dispatch(ray, actors, queue):

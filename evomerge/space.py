@@ -1,69 +1,151 @@
 """Search-space YAML -> a validated, named description of what is fixed and what is free.
 
-Relative paths in a space file are resolved against the directory of that file, so a space runs the same from any
-working directory. Pure except for `load_space` (reads the YAML) and `layer_count` (reads one config.json).
+Pure except for `load_space` (reads the YAML). Relative paths resolve against the space file's directory, so a
+space runs the same from any working directory.
 
-Schema (see search_spaces/quickstart.yaml):
-    models:      list of {name, role: base|instruct|language, path, language?}
-    build:       optional {miniature: DIR, seed: N}: build the tiny miniature models there when absent
-    merge:       {method, dtype?, parameters?: method-wide values, fixed?: {model name: {param: value}}}
-    genes:       list of {parameter, model, granularity: global|per_layer, low, high, init, step, name?}
-    eval:        {sets: [{path, weight?}], split?: dev, max_items?: N}
-    search:      {optimizer?: cmaes, popsize?: N, generations?: N, sigma0?: x}
+Schema (every shipped file in search_spaces/ is an example):
+
+    models:   list of {name, role: base|instruct|language, path: DIR | hf: ORG/NAME, language?: CODE}
+    build:    optional {miniature: DIR, seed: N}: build the tiny miniature models there when absent
+    merge:    {method, dtype?, parameters?: method-wide fixed values, fixed?: {model: {param: value}}}
+    genes:    list of gene families:
+                {name?, parameter, model: M | models: [M, ...] (tied: one gene shared) | (none: method-wide),
+                 granularity: global | per_layer | blocks | control_points, count?: N (blocks / points),
+                 modules?: [attn, mlp] (separate genes per module kind), tensors?: embed | lm_head,
+                 low, high, init?, step?}
+    seeds:    optional list of {name, values: {gene family or dimension name: value}}: evaluated first
+    eval:     {sets: [{path, weight?}], split?: dev, max_items?: N}
+    search:   {optimizer?: cmaes, popsize?: N, generations?: N, sigma0?: x}
+
+How genes become a recipe (deterministic; `Space.recipe`):
+- a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
+- layer granularities set each decoder layer's value: `per_layer` (one gene per layer), `blocks` (count genes, layer
+  l in block floor(l * count / L)), `control_points` (count genes interpolated linearly over t = l / (L - 1), the
+  same rule as mergekit's gradient lists); with `modules: [attn, mlp]` attention and MLP tensors get separate genes
+  (a layer's norms follow its attention gene);
+- `tensors: embed` / `tensors: lm_head` genes set the input embeddings / output head alone;
+- tensors not covered by any gene (the final norm; embeddings and lm_head without genes of their own) take the
+  model's fixed value when one is given, else its global gene, else the first layer's value (mergekit's rule for
+  tensors outside the layers).
+The result is written in mergekit's own terms: scalars, per-layer lists and `{filter, value}` conditions.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from evomerge.errors import UserError
-from evomerge.recipe import METHOD_DEFAULTS, METHODS_NEEDING_BASE, ModelEntry, Recipe
+from evomerge.recipe import METHODS_NEEDING_BASE, ModelEntry, Recipe
 
 ROLES = ("base", "instruct", "language")
-GRANULARITIES = ("global", "per_layer")
+GRANULARITIES = ("global", "per_layer", "blocks", "control_points")
+MODULES = ("attn", "mlp")
+TENSOR_GROUPS = ("embed", "lm_head")
 OPTIMIZERS = ("cmaes",)
+# mergekit's per-model and method-wide parameters that a gene may make free, per method.
+PER_MODEL_PARAMS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight",), "task_arithmetic": ("weight",), "ties": ("weight", "density"),
+    "dare_ties": ("weight", "density"), "dare_linear": ("weight", "density"),
+    "breadcrumbs": ("weight", "density", "gamma"), "breadcrumbs_ties": ("weight", "density", "gamma"),
+    "della": ("weight", "density", "epsilon"), "della_linear": ("weight", "density", "epsilon"), "slerp": (),
+}
+SHARED_PARAMS: dict[str, tuple[str, ...]] = {
+    "linear": (), "task_arithmetic": ("lambda",), "ties": ("lambda",), "dare_ties": ("lambda",),
+    "dare_linear": ("lambda",), "breadcrumbs": ("lambda",), "breadcrumbs_ties": ("lambda",), "della": ("lambda",),
+    "della_linear": ("lambda",), "slerp": ("t",),
+}
+_FILTER = {"embed": "embed_tokens", "lm_head": "lm_head", "mlp": "mlp", "layers": "layers."}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the space: a short name, its role and its resolved path."""
+    """One model of the space: a short name, its role, and a local directory or a Hugging Face id."""
 
     name: str
     role: str
-    path: str
+    ref: str  # an absolute local path, or a hub id when `hub` is true
+    hub: bool = False
     language: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.ref
 
 
 @dataclass(frozen=True)
 class GeneSpec:
-    """A free parameter family as written in the YAML (one gene, or one per layer)."""
+    """A gene family as written in the YAML (expands into one or more optimizer dimensions)."""
 
     name: str
     parameter: str
-    model: str
+    models: tuple[str, ...]  # () = a method-wide parameter
     granularity: str
     low: float
     high: float
     init: float
     step: float
+    count: int | None = None
+    modules: tuple[str, ...] = ()
+    tensors: str | None = None
+
+    def dims(self, n_layers: int) -> list[tuple[str, str | None, int | None]]:
+        """(dimension name, module kind, index) for every optimizer dimension of this family, in order."""
+        if self.granularity == "global":
+            return [(self.name, None, None)]
+        n = {"per_layer": n_layers, "blocks": self.count, "control_points": self.count}[self.granularity]
+        tag = {"per_layer": "", "blocks": "b", "control_points": "p"}[self.granularity]
+        kinds: Sequence[str | None] = self.modules or (None,)
+        return [(f"{self.name}{'.' + k if k else ''}[{tag}{i}]", k, i) for k in kinds for i in range(n)]
+
+    def layer_values(self, values: Sequence[float], n_layers: int) -> list[float]:
+        """This family's per-layer values from its dimensions' values (one module kind's slice)."""
+        if self.granularity == "per_layer":
+            return list(values)
+        if self.granularity == "blocks":
+            return [values[l * len(values) // n_layers] for l in range(n_layers)]
+        out = []  # control points: mergekit's gradient interpolation
+        for l in range(n_layers):
+            t = l / (n_layers - 1) if n_layers > 1 else 1.0
+            scaled = t * (len(values) - 1)
+            i0 = int(scaled)
+            i1 = min(len(values) - 1, i0 + 1)
+            out.append((1 - (scaled - i0)) * values[i0] + (scaled - i0) * values[i1])
+        return out
 
 
 @dataclass(frozen=True)
 class Gene:
-    """One optimizer dimension: a bounded value for one parameter of one model (at one layer, or all)."""
+    """One optimizer dimension: a bounded value, the family it belongs to and what it covers."""
 
     name: str
+    family: str
     parameter: str
-    model: str
-    layer: int | None
+    models: tuple[str, ...]
+    module: str | None
+    index: int | None
     low: float
     high: float
     init: float
     step: float
+
+    @property
+    def model(self) -> str:
+        return ",".join(self.models) if self.models else "*"
+
+    @property
+    def layer(self) -> int | None:
+        return self.index
+
+
+@dataclass(frozen=True)
+class SeedCandidate:
+    """A point evaluated before the optimizer's own (e.g. the paper's uniform settings)."""
+
+    name: str
+    values: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -101,6 +183,7 @@ class Space:
     search: SearchSettings = field(default_factory=SearchSettings)
     build_miniature: str | None = None
     build_seed: int = 0
+    seeds: tuple[SeedCandidate, ...] = ()
 
     def model(self, name: str) -> ModelSpec:
         """A model by its short name."""
@@ -116,39 +199,118 @@ class Space:
         return tuple(sorted((m for m in self.models if m.role != "base"), key=lambda m: m.role != "instruct"))
 
     def expand(self, n_layers: int) -> list[Gene]:
-        """The optimizer's dimensions, in a fixed documented order: genes as listed, layers ascending."""
-        out: list[Gene] = []
+        """The optimizer's dimensions, in a fixed documented order: families as listed, then module kind, then
+        layer/block/point ascending."""
+        self.check_layers(n_layers)
+        return [Gene(name, g.name, g.parameter, g.models, kind, idx, g.low, g.high, g.init, g.step)
+                for g in self.genes for name, kind, idx in g.dims(n_layers)]
+
+    def check_layers(self, n_layers: int) -> None:
+        """Granularities that need more layers than the models have are errors."""
         for g in self.genes:
-            layers: list[int | None] = list(range(n_layers)) if g.granularity == "per_layer" else [None]
-            for layer in layers:
-                name = g.name if layer is None else f"{g.name}[{layer}]"
-                out.append(Gene(name, g.parameter, g.model, layer, g.low, g.high, g.init, g.step))
+            if g.granularity == "blocks" and g.count > n_layers:
+                raise UserError(f"{self.source}: genes[{g.name}].count", f"{g.count} blocks for {n_layers} layers",
+                                f"use at most {n_layers}")
+            if g.granularity == "control_points" and g.count > n_layers:
+                raise UserError(f"{self.source}: genes[{g.name}].count", f"{g.count} points for {n_layers} layers",
+                                f"use at most {n_layers}, or per_layer")
+
+    def seed_values(self, seed: SeedCandidate, n_layers: int) -> dict[str, float]:
+        """A seed candidate's value for every dimension (unnamed ones at their init)."""
+        genes = self.expand(n_layers)
+        out = {g.name: g.init for g in genes}
+        for key, value in seed.values.items():
+            hit = [g for g in genes if g.name == key or g.family == key]
+            if not hit:
+                raise UserError(f"{self.source}: seeds[{seed.name}].values.{key}", "no such gene",
+                                "use a gene family name or a dimension name (see `evomerge space show`)")
+            for g in hit:
+                if not g.low <= value <= g.high:
+                    raise UserError(f"{self.source}: seeds[{seed.name}].values.{key}",
+                                    f"{value} is outside [{g.low}, {g.high}]", "move it inside the gene's bounds")
+                out[g.name] = float(value)
         return out
 
     def recipe(self, values: Mapping[str, float], n_layers: int) -> Recipe:
-        """Genes' values (by gene name) -> a mergekit-compatible recipe. Deterministic.
-
-        A per_layer gene becomes a list of n_layers numbers, which mergekit reads as one value per layer (tensors
-        outside the layers take the first entry, mergekit's rule); a global gene becomes a scalar.
-        """
+        """Gene values (by dimension name) -> a mergekit-compatible recipe. Deterministic; see the module doc."""
+        slots: dict[tuple[str | None, str], _Slot] = {}
+        for g in self.genes:
+            for model in g.models or (None,):
+                slot = slots.setdefault((model, g.parameter), _Slot(n_layers))
+                dims = g.dims(n_layers)
+                if g.tensors:
+                    slot.set_group(g.tensors, float(values[dims[0][0]]))
+                elif g.granularity == "global":
+                    slot.set_all(float(values[dims[0][0]]))
+                else:
+                    for kind in g.modules or (None,):
+                        vals = [float(values[name]) for name, k, _ in dims if k == kind]
+                        slot.set_layers(kind, g.layer_values(vals, n_layers))
         params: dict[str, dict[str, Any]] = {m.name: dict(self.fixed.get(m.name, {})) for m in self.merged_models}
-        for gene in self.expand(n_layers):
-            value = float(values[gene.name])
-            slot = params[gene.model]
-            if gene.layer is None:
-                slot[gene.parameter] = value
+        shared = dict(self.method_parameters)
+        for (model, param), slot in slots.items():
+            fixed = self.fixed.get(model, {}).get(param) if model else self.method_parameters.get(param)
+            setting = slot.compile(fixed)
+            if model is None:
+                shared[param] = setting
             else:
-                slot.setdefault(gene.parameter, [0.0] * n_layers)
-                if not isinstance(slot[gene.parameter], list):
-                    slot[gene.parameter] = [0.0] * n_layers
-                slot[gene.parameter][gene.layer] = value
-        base = self.base.path if self.base and self.method in METHODS_NEEDING_BASE else None
-        models = tuple(ModelEntry(m.path, params[m.name]) for m in self.merged_models)
-        return Recipe(self.method, models, base, dict(self.method_parameters), self.dtype)
+                params[model][param] = setting
+        base = self.base.ref if self.base and self.method in METHODS_NEEDING_BASE | {"slerp"} else None
+        models = tuple(ModelEntry(m.ref, params[m.name]) for m in self.merged_models)
+        return Recipe(self.method, models, base, shared, self.dtype)
+
+
+class _Slot:
+    """The values one (model, parameter) takes across the model, assembled from genes, then written as a
+    mergekit setting."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.n = n_layers
+        self.layers: dict[str, list[float] | None] = {"attn": None, "mlp": None}
+        self.groups: dict[str, float | None] = {"embed": None, "lm_head": None}
+        self.all: float | None = None
+
+    def set_all(self, v: float) -> None:
+        self.all = v
+
+    def set_group(self, group: str, v: float) -> None:
+        self.groups[group] = v
+
+    def set_layers(self, kind: str | None, vals: list[float]) -> None:
+        for k in ([kind] if kind else list(self.layers)):
+            self.layers[k] = vals
+
+    def compile(self, fixed: Any) -> Any:
+        fallback = float(fixed) if isinstance(fixed, (int, float)) and not isinstance(fixed, bool) else None
+        base_value = self.all if self.all is not None else fallback
+        attn = self.layers["attn"] or self.layers["mlp"]
+        mlp = self.layers["mlp"] or self.layers["attn"]
+        if attn is None:
+            attn = mlp = [base_value] * self.n
+        other = base_value if base_value is not None else attn[0]  # mergekit: outside tensors take entry 0
+        embed = self.groups["embed"] if self.groups["embed"] is not None else other
+        head = self.groups["lm_head"] if self.groups["lm_head"] is not None else other
+        conds: list[dict[str, Any]] = []
+        if embed != other:
+            conds.append({"filter": _FILTER["embed"], "value": embed})
+        if head != other:
+            conds.append({"filter": _FILTER["lm_head"], "value": head})
+        if mlp != attn:
+            conds.append({"filter": _FILTER["mlp"], "value": _squash(mlp)})
+        if attn[0] == other:
+            conds.append({"value": _squash(attn)})
+        else:
+            conds += [{"filter": _FILTER["layers"], "value": _squash(attn)}, {"value": other}]
+        return conds[0]["value"] if len(conds) == 1 else conds
+
+
+def _squash(vals: list[float]) -> float | list[float]:
+    return vals[0] if all(v == vals[0] for v in vals) else list(vals)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-_TOP = {"models", "build", "merge", "genes", "eval", "search"}
+_TOP = {"models", "build", "merge", "genes", "seeds", "eval", "search"}
+_HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _mapping(obj: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
@@ -169,6 +331,12 @@ def _number(obj: Any, where: str) -> float:
     return float(obj)
 
 
+def _posint(obj: Any, where: str) -> int:
+    if isinstance(obj, bool) or not isinstance(obj, int) or obj < 1:
+        raise UserError(where, f"must be a positive integer, got {obj!r}", "e.g. 4")
+    return obj
+
+
 def _resolve(path: Any, where: str, root: Path) -> str:
     if not isinstance(path, str) or not path:
         raise UserError(where, "must be a path string", "write a path relative to the space file")
@@ -180,73 +348,38 @@ def parse_space(data: Any, source: str) -> Space:
     """Validate a parsed space YAML; `source` is the file it came from (relative paths resolve against it)."""
     root = Path(source).parent
     top = _mapping(data, source, _TOP, {"models", "merge", "genes", "eval"})
-    where = lambda key: f"{source}: {key}"  # noqa: E731 - short local formatter
 
-    if not isinstance(top["models"], list) or not top["models"]:
-        raise UserError(where("models"), "must be a non-empty list", "list the base, instruct and language models")
-    models: list[ModelSpec] = []
-    for i, m in enumerate(top["models"]):
-        m = _mapping(m, where(f"models[{i}]"), {"name", "role", "path", "language"}, {"name", "role", "path"})
-        if m["role"] not in ROLES:
-            raise UserError(where(f"models[{i}].role"), f"unknown role {m['role']!r}", f"use one of {', '.join(ROLES)}")
-        if m["role"] == "language" and not m.get("language"):
-            raise UserError(where(f"models[{i}].language"), "missing", "tag a language model with its language code")
-        models.append(ModelSpec(str(m["name"]), m["role"], _resolve(m["path"], where(f"models[{i}].path"), root),
-                                m.get("language")))
+    def where(key: str) -> str:
+        return f"{source}: {key}"
+
+    models = _parse_models(top["models"], where, root)
     names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise UserError(where("models"), "model names must be unique", "rename the duplicates")
-    roles = [m.role for m in models]
-    if roles.count("instruct") != 1:
-        raise UserError(where("models"), "exactly one model must have role instruct", "set role: instruct")
-    if roles.count("base") > 1:
-        raise UserError(where("models"), "at most one model may have role base", "keep one shared ancestor")
+    roles = {m.name: m.role for m in models}
 
     merge = _mapping(top["merge"], where("merge"), {"method", "dtype", "parameters", "fixed"}, {"method"})
     method = merge["method"]
-    if method not in METHOD_DEFAULTS:
-        raise UserError(where("merge.method"), f"unknown method {method!r}", f"use one of {', '.join(sorted(METHOD_DEFAULTS))}")
-    if method in METHODS_NEEDING_BASE and "base" not in roles:
+    if method not in PER_MODEL_PARAMS:
+        raise UserError(where("merge.method"), f"unknown method {method!r}", f"use one of {', '.join(sorted(PER_MODEL_PARAMS))}")
+    if method in METHODS_NEEDING_BASE | {"slerp"} and "base" not in roles.values():
         raise UserError(where("merge.method"), f"{method} needs a model with role base", "add the shared ancestor")
+    if method == "slerp" and len(models) != 2:
+        raise UserError(where("models"), "slerp merges exactly two models (base and one other)", "list two models")
+    dtype = str(merge.get("dtype", "float32"))
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(where("merge.dtype"), f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
     params = merge.get("parameters") or {}
-    _mapping(params, where("merge.parameters"), set(METHOD_DEFAULTS[method]))
+    _mapping(params, where("merge.parameters"),
+             set(SHARED_PARAMS[method]) | {"normalize", "int8_mask", "rescale", "random_seed"})
     fixed = merge.get("fixed") or {}
     _mapping(fixed, where("merge.fixed"), set(names))
     for k, v in fixed.items():
-        _mapping(v, where(f"merge.fixed.{k}"), {"weight"})
+        _mapping(v, where(f"merge.fixed.{k}"), set(PER_MODEL_PARAMS[method]))
+        for p, x in v.items():
+            _number(x, where(f"merge.fixed.{k}.{p}"))
 
-    if not isinstance(top["genes"], list) or not top["genes"]:
-        raise UserError(where("genes"), "must be a non-empty list", "declare at least one free parameter")
-    genes: list[GeneSpec] = []
-    keys = {"name", "parameter", "model", "granularity", "low", "high", "init", "step"}
-    for i, g in enumerate(top["genes"]):
-        w = f"genes[{i}]"
-        g = _mapping(g, where(w), keys, {"parameter", "model", "low", "high"})
-        if g["model"] not in names or next(m for m in models if m.name == g["model"]).role == "base":
-            raise UserError(where(f"{w}.model"), f"{g['model']!r} is not a merged model", f"use one of {', '.join(n for n, r in zip(names, roles) if r != 'base')}")
-        if g["parameter"] != "weight":
-            raise UserError(where(f"{w}.parameter"), f"unsupported parameter {g['parameter']!r}", "use weight")
-        gran = g.get("granularity", "global")
-        if gran not in GRANULARITIES:
-            raise UserError(where(f"{w}.granularity"), f"unknown granularity {gran!r}", f"use one of {', '.join(GRANULARITIES)}")
-        low, high = _number(g["low"], where(f"{w}.low")), _number(g["high"], where(f"{w}.high"))
-        if not low < high:
-            raise UserError(where(f"{w}.high"), f"bounds are inverted or empty ({low} >= {high})", "make low < high")
-        init = _number(g.get("init", (low + high) / 2), where(f"{w}.init"))
-        if not low <= init <= high:
-            raise UserError(where(f"{w}.init"), f"{init} is outside [{low}, {high}]", "move init inside the bounds")
-        step = _number(g.get("step", (high - low) / 4), where(f"{w}.step"))
-        if step <= 0:
-            raise UserError(where(f"{w}.step"), "must be positive", "e.g. a quarter of the range")
-        name = str(g.get("name", f"{g['parameter']}_{g['model']}"))
-        genes.append(GeneSpec(name, g["parameter"], g["model"], gran, low, high, init, step))
-    if len({g.name for g in genes}) != len(genes):
-        raise UserError(where("genes"), "gene names must be unique", "give the genes distinct names")
-    free = {(g.model, g.parameter) for g in genes}
-    for m in models:
-        if m.role != "base" and (m.name, "weight") not in free and "weight" not in fixed.get(m.name, {}):
-            raise UserError(where("merge.fixed"), f"model {m.name!r} has neither a weight gene nor a fixed weight",
-                            f"add merge.fixed.{m.name}.weight or a gene")
+    genes = _parse_genes(top["genes"], where, method, roles)
+    _check_coverage(genes, models, fixed, params, method, where)
+    seeds = _parse_seeds(top.get("seeds") or [], where)
 
     ev = _mapping(top["eval"], where("eval"), {"sets", "split", "max_items"}, {"sets"})
     if not isinstance(ev["sets"], list) or not ev["sets"]:
@@ -259,19 +392,15 @@ def parse_space(data: Any, source: str) -> Space:
     split = ev.get("split", "dev")
     if split not in ("dev", "holdout"):
         raise UserError(where("eval.split"), f"unknown split {split!r}", "use dev (holdout is for re-checks)")
-    max_items = ev.get("max_items")
-    if max_items is not None and (not isinstance(max_items, int) or max_items < 1):
-        raise UserError(where("eval.max_items"), "must be a positive integer", "e.g. 32")
+    max_items = _posint(ev["max_items"], where("eval.max_items")) if ev.get("max_items") is not None else None
 
     s = _mapping(top.get("search") or {}, where("search"), {"optimizer", "popsize", "generations", "sigma0"})
-    settings = SearchSettings()
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
-    for key in ("popsize", "generations"):
-        if key in s and (not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1):
-            raise UserError(where(f"search.{key}"), "must be a positive integer", "e.g. 6")
-    settings = SearchSettings(s.get("optimizer", "cmaes"), s.get("popsize", settings.popsize),
-                              s.get("generations", settings.generations),
+    defaults = SearchSettings()
+    settings = SearchSettings(s.get("optimizer", "cmaes"),
+                              _posint(s["popsize"], where("search.popsize")) if "popsize" in s else defaults.popsize,
+                              _posint(s["generations"], where("search.generations")) if "generations" in s else defaults.generations,
                               _number(s["sigma0"], where("search.sigma0")) if "sigma0" in s else None)
 
     build = top.get("build")
@@ -280,11 +409,150 @@ def parse_space(data: Any, source: str) -> Space:
         build = _mapping(build, where("build"), {"miniature", "seed"}, {"miniature"})
         mini = _resolve(build["miniature"], where("build.miniature"), root)
         seed = build.get("seed", 0)
-        if not isinstance(seed, int):
+        if not isinstance(seed, int) or isinstance(seed, bool):
             raise UserError(where("build.seed"), "must be an integer", "e.g. 0")
-    return Space(source, tuple(models), method, str(merge.get("dtype", "float32")), dict(params),
-                 {k: dict(v) for k, v in fixed.items()}, tuple(genes), tuple(sets), split, max_items, settings,
-                 mini, seed)
+    return Space(source, models, method, dtype, dict(params), {k: dict(v) for k, v in fixed.items()},
+                 genes, tuple(sets), split, max_items, settings, mini, seed, seeds)
+
+
+def _parse_models(raw: Any, where, root: Path) -> tuple[ModelSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(where("models"), "must be a non-empty list", "list the base, instruct and language models")
+    models: list[ModelSpec] = []
+    for i, m in enumerate(raw):
+        w = f"models[{i}]"
+        m = _mapping(m, where(w), {"name", "role", "path", "hf", "language"}, {"name", "role"})
+        if m["role"] not in ROLES:
+            raise UserError(where(f"{w}.role"), f"unknown role {m['role']!r}", f"use one of {', '.join(ROLES)}")
+        if m["role"] == "language" and not m.get("language"):
+            raise UserError(where(f"{w}.language"), "missing", "tag a language model with its language code")
+        if ("path" in m) == ("hf" in m):
+            raise UserError(where(w), "give exactly one of path (a local directory) or hf (a Hugging Face id)",
+                            "e.g. hf: meta-llama/Llama-3.1-8B-Instruct")
+        if "hf" in m:
+            if not isinstance(m["hf"], str) or not _HUB_ID.match(m["hf"]):
+                raise UserError(where(f"{w}.hf"), f"{m['hf']!r} is not a Hugging Face id", "write ORG/NAME")
+            models.append(ModelSpec(str(m["name"]), m["role"], m["hf"], True, m.get("language")))
+        else:
+            models.append(ModelSpec(str(m["name"]), m["role"], _resolve(m["path"], where(f"{w}.path"), root), False,
+                                    m.get("language")))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise UserError(where("models"), "model names must be unique", "rename the duplicates")
+    roles = [m.role for m in models]
+    if roles.count("instruct") != 1:
+        raise UserError(where("models"), "exactly one model must have role instruct", "set role: instruct")
+    if roles.count("base") > 1:
+        raise UserError(where("models"), "at most one model may have role base", "keep one shared ancestor")
+    return tuple(models)
+
+
+def _parse_genes(raw: Any, where, method: str, roles: Mapping[str, str]) -> tuple[GeneSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(where("genes"), "must be a non-empty list", "declare at least one free parameter")
+    keys = {"name", "parameter", "model", "models", "granularity", "count", "modules", "tensors", "low", "high",
+            "init", "step"}
+    merged = [n for n, r in roles.items() if r != "base"]
+    genes: list[GeneSpec] = []
+    for i, g in enumerate(raw):
+        w = f"genes[{i}]"
+        g = _mapping(g, where(w), keys, {"parameter", "low", "high"})
+        param = g["parameter"]
+        if "model" in g and "models" in g:
+            raise UserError(where(w), "give model or models, not both", "models: [a, b] ties one gene to several")
+        models = [g["model"]] if "model" in g else list(g.get("models") or [])
+        if param in PER_MODEL_PARAMS[method]:
+            if not models:
+                raise UserError(where(f"{w}.model"), f"{param} is a per-model parameter", f"name one of {', '.join(merged)}")
+            for m in models:
+                if m not in merged:
+                    raise UserError(where(f"{w}.model"), f"{m!r} is not a merged model", f"use one of {', '.join(merged)}")
+        elif param in SHARED_PARAMS[method]:
+            if models:
+                raise UserError(where(f"{w}.model"), f"{param} is a method-wide parameter of {method}", "drop model/models")
+        else:
+            allowed = PER_MODEL_PARAMS[method] + SHARED_PARAMS[method]
+            raise UserError(where(f"{w}.parameter"), f"{method} has no free parameter {param!r}",
+                            f"use one of {', '.join(allowed)}")
+        gran = g.get("granularity", "global")
+        if gran not in GRANULARITIES:
+            raise UserError(where(f"{w}.granularity"), f"unknown granularity {gran!r}", f"use one of {', '.join(GRANULARITIES)}")
+        count = None
+        if gran in ("blocks", "control_points"):
+            if "count" not in g:
+                raise UserError(where(f"{w}.count"), f"missing (granularity {gran})", "e.g. count: 4")
+            count = _posint(g["count"], where(f"{w}.count"))
+            if gran == "control_points" and count < 2:
+                raise UserError(where(f"{w}.count"), "control points need at least 2", "or use granularity global")
+        elif "count" in g:
+            raise UserError(where(f"{w}.count"), f"only blocks and control_points take a count", "drop it")
+        modules = g.get("modules") or []
+        if not isinstance(modules, list) or any(m not in MODULES for m in modules) or len(set(modules)) != len(modules):
+            raise UserError(where(f"{w}.modules"), f"must be a subset of {list(MODULES)}", "e.g. [attn, mlp]")
+        if modules and gran == "global":
+            raise UserError(where(f"{w}.modules"), "splits layer genes by module", "use a layer granularity")
+        if modules and len(modules) == 1:
+            raise UserError(where(f"{w}.modules"), "give both attn and mlp", "[attn, mlp]")
+        tensors = g.get("tensors")
+        if tensors is not None:
+            if tensors not in TENSOR_GROUPS:
+                raise UserError(where(f"{w}.tensors"), f"unknown tensor group {tensors!r}", f"use {' or '.join(TENSOR_GROUPS)}")
+            if gran != "global":
+                raise UserError(where(f"{w}.granularity"), f"a tensors: {tensors} gene is global", "drop granularity")
+        low, high = _number(g["low"], where(f"{w}.low")), _number(g["high"], where(f"{w}.high"))
+        if not low < high:
+            raise UserError(where(f"{w}.high"), f"bounds are inverted or empty ({low} >= {high})", "make low < high")
+        if param == "density" and not (0 < low and high <= 1):
+            raise UserError(where(f"{w}.low"), "density bounds must lie in (0, 1]", "e.g. low: 0.1, high: 1.0")
+        init = _number(g.get("init", (low + high) / 2), where(f"{w}.init"))
+        if not low <= init <= high:
+            raise UserError(where(f"{w}.init"), f"{init} is outside [{low}, {high}]", "move init inside the bounds")
+        step = _number(g.get("step", (high - low) / 4), where(f"{w}.step"))
+        if step <= 0:
+            raise UserError(where(f"{w}.step"), "must be positive", "e.g. a quarter of the range")
+        default = f"{param}_{'_'.join(models) if models else 'all'}" + (f"_{tensors}" if tensors else "")
+        genes.append(GeneSpec(str(g.get("name", default)), param, tuple(models), gran, low, high, init, step,
+                              count, tuple(modules), tensors))
+    if len({g.name for g in genes}) != len(genes):
+        raise UserError(where("genes"), "gene names must be unique", "give the genes distinct names")
+    return tuple(genes)
+
+
+def _check_coverage(genes, models, fixed, params, method, where) -> None:
+    """Each (model, parameter, region) is set by at most one gene; each merged model has a weight."""
+    seen: dict[tuple[str | None, str, str], str] = {}
+    for g in genes:
+        regions = [g.tensors] if g.tensors else (["all"] if g.granularity == "global" else ["layers"])
+        for m in g.models or (None,):
+            for r in regions:
+                key = (m, g.parameter, r)
+                if key in seen:
+                    raise UserError(where(f"genes[{g.name}]"), f"covers what gene {seen[key]!r} already covers",
+                                    "one gene per model, parameter and region; tie with models: [...]")
+                seen[key] = g.name
+            if (m, g.parameter, "all") in seen and any((m, g.parameter, r) in seen for r in ("layers",)):
+                raise UserError(where(f"genes[{g.name}]"), "a global gene and a layer gene set the same parameter",
+                                "keep one of them")
+    needs_weight = "weight" in PER_MODEL_PARAMS[method]
+    for m in models:
+        if m.role == "base" or not needs_weight:
+            continue
+        has = any(m.name in g.models and g.parameter == "weight" and not g.tensors for g in genes)
+        if not has and "weight" not in fixed.get(m.name, {}):
+            raise UserError(where("merge.fixed"), f"model {m.name!r} has neither a weight gene nor a fixed weight",
+                            f"add merge.fixed.{m.name}.weight or a gene")
+
+
+def _parse_seeds(raw: Any, where) -> tuple[SeedCandidate, ...]:
+    if not isinstance(raw, list):
+        raise UserError(where("seeds"), "must be a list", "e.g. - {name: uniform, values: {w_eu: 1.0}}")
+    seeds = []
+    for i, s in enumerate(raw):
+        s = _mapping(s, where(f"seeds[{i}]"), {"name", "values"}, {"values"})
+        vals = _mapping(s["values"], where(f"seeds[{i}].values"), set(s["values"]) if isinstance(s["values"], dict) else set())
+        seeds.append(SeedCandidate(str(s.get("name", f"seed{i}")),
+                                   {k: _number(v, where(f"seeds[{i}].values.{k}")) for k, v in vals.items()}))
+    return tuple(seeds)
 
 
 def load_space(path: str | Path) -> Space:
@@ -296,6 +564,8 @@ def load_space(path: str | Path) -> Space:
         text = p.read_text()
     except FileNotFoundError:
         raise UserError(str(p), "no such file", "check the path to the search space") from None
+    except IsADirectoryError:
+        raise UserError(str(p), "is a directory", "pass a search-space YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -303,14 +573,3 @@ def load_space(path: str | Path) -> Space:
         at = f" at line {mark.line + 1}" if mark else ""
         raise UserError(str(p), f"malformed YAML{at}", "fix the syntax") from None
     return parse_space(data, str(p.resolve()))
-
-
-def layer_count(space: Space) -> int:
-    """Decoder layers of the space's models, read from the instruct model's config.json (no weights)."""
-    from evomerge.architecture import num_layers
-
-    instruct = next(m for m in space.models if m.role == "instruct")
-    cfg = Path(instruct.path) / "config.json"
-    if not cfg.is_file():
-        raise UserError(instruct.path, "model not found (no config.json)", "build or download it, or fix the path")
-    return num_layers(json.loads(cfg.read_text()))

@@ -38,7 +38,9 @@ class ModelFiles:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "ModelFiles":
         """Read config.json and the shard index; no tensor is loaded."""
-        p = Path(path)
+        from evomerge.hub import local_model_dir
+
+        p = local_model_dir(str(path))
         if not p.is_dir():
             raise UserError(str(p), "model directory not found", "check the path, or build/download the model first")
         cfg_file = p / "config.json"
