@@ -80,7 +80,7 @@ def merge_to_disk(recipe: Recipe, out_dir: str | Path) -> MergeReport:
             prepared = method.prepare(base, inputs)
             coeffs = recipe.coefficients(name, src.n_layers)
             out = torch.empty_like(inputs[0])
-            yield name, method.combine(base, prepared, coeffs.weights, coeffs.shared, out)
+            yield name, method.combine(base, prepared, coeffs, out)
 
     config = dict(src.reference.config)
     config["torch_dtype"] = recipe.dtype
@@ -118,4 +118,4 @@ class ResidentMerge:
             raise ValueError("a resident merge serves one set of models and one method")
         for name, (base, prepared) in self._prepared.items():
             coeffs = recipe.coefficients(name, self.n_layers)
-            self.method.combine(base, prepared, coeffs.weights, coeffs.shared, self.targets[name])
+            self.method.combine(base, prepared, coeffs, self.targets[name])

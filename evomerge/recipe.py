@@ -11,7 +11,11 @@ Parameter values follow mergekit 0.1.5 exactly:
   the layers (embeddings, final norm, lm_head) are planned with t = 0, i.e. they take the first entry;
 - a list of `{filter: S, value: V}` conditions picks the first whose filter is a substring of the tensor name
   (no filter, or "*", matches everything), then evaluates V as above.
-A model's own `parameters` take precedence over the recipe-wide `parameters`.
+A per-model parameter (weight, density, gamma, epsilon) is read from the model's own `parameters`, then from the
+recipe-wide `parameters`, then the method's default; a method-wide parameter (normalize, lambda, t, ...) from the
+recipe-wide `parameters` only. A filter list that matches no condition falls through to the next source.
+Unlike mergekit, which ignores parameter names its method does not know, a recipe with one is refused (a typo such
+as `desnity` would otherwise silently merge densely).
 """
 
 from __future__ import annotations
@@ -23,12 +27,57 @@ from typing import Any, Mapping, Sequence
 from evomerge.architecture import place_of
 from evomerge.errors import UserError
 
-# Methods this version can merge, with their defaults (mergekit's).
+# Methods this version can merge, with mergekit 0.1.5's parameter names and defaults. A default of None marks a
+# required parameter. Method-wide (shared) parameters are read from the recipe's `parameters` only; per-model
+# parameters from the model's own `parameters`, falling back to the recipe's.
+REQUIRED = None
+
+
+def _gta(normalize: bool, rescale: bool, randomized: bool = False) -> dict[str, Any]:
+    """Shared parameters of mergekit's generalized task arithmetic family (task_arithmetic, ties, dare, ...)."""
+    shared: dict[str, Any] = {"int8_mask": False, "normalize": normalize, "rescale": rescale, "lambda": 1.0}
+    if randomized:
+        # Not a mergekit parameter (mergekit seeds its global RNG from the CLI's --random-seed and ignores unknown
+        # recipe keys): ours, so that a recipe alone fixes the random masks. See evomerge/methods/sparsify.py.
+        shared["random_seed"] = 0
+    return shared
+
+
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"normalize": True},
-    "task_arithmetic": {"normalize": False, "lambda": 1.0},
+    "task_arithmetic": _gta(normalize=False, rescale=False),
+    "ties": _gta(normalize=True, rescale=False),
+    "dare_ties": _gta(normalize=False, rescale=True, randomized=True),
+    "dare_linear": _gta(normalize=False, rescale=True, randomized=True),
+    "breadcrumbs": _gta(normalize=False, rescale=False),
+    "breadcrumbs_ties": _gta(normalize=False, rescale=False),
+    "della": _gta(normalize=True, rescale=True, randomized=True),
+    "della_linear": _gta(normalize=False, rescale=True, randomized=True),
+    "slerp": {"t": REQUIRED},
 }
-METHODS_NEEDING_BASE = {"task_arithmetic"}
+_GTA_PER_MODEL = {"weight": REQUIRED, "density": 1.0}
+PER_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linear": {"weight": REQUIRED},
+    "task_arithmetic": dict(_GTA_PER_MODEL),
+    "ties": dict(_GTA_PER_MODEL),
+    "dare_ties": dict(_GTA_PER_MODEL),
+    "dare_linear": dict(_GTA_PER_MODEL),
+    "breadcrumbs": {**_GTA_PER_MODEL, "gamma": 0.01},
+    "breadcrumbs_ties": {**_GTA_PER_MODEL, "gamma": 0.01},
+    "della": {**_GTA_PER_MODEL, "epsilon": 0.15},
+    "della_linear": {**_GTA_PER_MODEL, "epsilon": 0.15},
+    "slerp": {},
+}
+METHODS_NEEDING_BASE = {m for m in METHOD_DEFAULTS if m != "linear"}
+_DELLA = {"della", "della_linear"}
+_PARAM_TYPES: dict[str, type] = {"normalize": bool, "int8_mask": bool, "rescale": bool, "lambda": float,
+                                 "t": float, "random_seed": int, "weight": float, "density": float,
+                                 "gamma": float, "epsilon": float}
+# Value ranges checked when a recipe is built: (low, high, low inclusive, high inclusive). Every number a setting
+# can produce lies between its list entries, so checking the entries checks every tensor's value.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {"density": (0.0, 1.0, False, True),
+                                                        "gamma": (0.0, 1.0, True, False),
+                                                        "epsilon": (0.0, 0.5, True, False)}
 DTYPES = ("float32", "bfloat16", "float16")
 _TOP_KEYS = {"merge_method", "models", "base_model", "parameters", "dtype", "tokenizer_source", "name"}
 
@@ -43,11 +92,19 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class TensorCoefficients:
-    """The resolved coefficients of one output tensor: one weight per non-base input, plus shared parameters."""
+    """The resolved coefficients of one output tensor.
+
+    `per_model` holds every per-model parameter of the method (weight, density, gamma, epsilon), one value per
+    non-base input in recipe order; `weights` is `per_model["weight"]` (empty for slerp, which has none); `shared`
+    holds the method-wide parameters with defaults filled in; `tensor` is the tensor's name (randomized methods key
+    their random masks on it).
+    """
 
     models: tuple[str, ...]
     weights: tuple[float, ...]
     shared: Mapping[str, Any]
+    per_model: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    tensor: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +129,45 @@ class Recipe:
             raise UserError("dtype", f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not self.inputs:
             raise UserError("models", "no model to merge besides the base", "list at least one model")
+        if self.merge_method == "slerp" and len(self.inputs) != 1:
+            raise UserError("models", f"slerp merges base_model with exactly one other model, got {len(self.inputs)}",
+                            "list the base model and one other model")
+        self._check_parameters()
+
+    def _check_parameters(self) -> None:
+        shared, per_model = METHOD_DEFAULTS[self.merge_method], PER_MODEL_DEFAULTS[self.merge_method]
+        known = ", ".join(sorted({*shared, *per_model}))
+        scopes = [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(self.models)]
+        for where, params in scopes:
+            for key in params:
+                if key in shared:
+                    raise UserError(f"{where}.{key}", f"{key} is a method-wide parameter of {self.merge_method}",
+                                    "set it under the recipe's parameters")
+                if key not in per_model:
+                    raise UserError(f"{where}.{key}", f"unknown parameter for {self.merge_method}", f"known: {known}")
+        for key in self.parameters:
+            if key not in shared and key not in per_model:
+                raise UserError(f"parameters.{key}", f"unknown parameter for {self.merge_method}", f"known: {known}")
+        for key, default in shared.items():
+            if default is REQUIRED and key not in self.parameters:
+                raise UserError(f"parameters.{key}", "missing", f"{self.merge_method} needs {key}")
+        for entry in self.inputs:
+            for key, default in per_model.items():
+                if default is REQUIRED and key not in entry.parameters and key not in self.parameters:
+                    raise UserError(f"models[{self.models.index(entry)}].parameters.{key}", "missing",
+                                    f"give every model a {key}")
+        for where, params in scopes + [("parameters", self.parameters)]:
+            for key, setting in params.items():
+                if key in _RANGES:
+                    low, high, low_in, high_in = _RANGES[key]
+                    for v in _numbers(setting):
+                        if not ((low <= v if low_in else low < v) and (v <= high if high_in else v < high)):
+                            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                            raise UserError(f"{where}.{key}", f"{v} is outside {interval}",
+                                            f"keep {key} inside {interval}")
+        seed = self.parameters.get("random_seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise UserError("parameters.random_seed", f"must be one integer, got {seed!r}", "e.g. random_seed: 0")
 
     @property
     def inputs(self) -> tuple[ModelEntry, ...]:
@@ -85,23 +181,44 @@ class Recipe:
         return tuple(names + [m.model for m in self.inputs])
 
     def coefficients(self, tensor_name: str, n_layers: int) -> TensorCoefficients:
-        """Resolve every parameter for one tensor, the way mergekit does."""
+        """Resolve every parameter for one tensor, the way mergekit does: a model's own setting, then the recipe's,
+        then the method's default; a filter list that matches nothing falls through to the next of these."""
         place = place_of(tensor_name)
         if place.layer is None:
             t = 0.0
         else:
             t = place.layer / (n_layers - 1) if n_layers > 1 else 1.0
-        weights = []
+        shared = {}
+        for key, default in METHOD_DEFAULTS[self.merge_method].items():
+            shared[key] = self._resolve(key, default, [self.parameters], tensor_name, t, f"parameters.{key}")
+        per_model: dict[str, list[float]] = {key: [] for key in PER_MODEL_DEFAULTS[self.merge_method]}
         for entry in self.inputs:
-            setting = entry.parameters.get("weight", self.parameters.get("weight"))
-            if setting is None:
-                raise UserError(f"models[{entry.model}].parameters.weight", "missing", "give every model a weight")
-            weights.append(float(evaluate_setting(setting, tensor_name, t)))
-        shared = dict(METHOD_DEFAULTS[self.merge_method])
-        for key in shared:
-            if key in self.parameters:
-                shared[key] = evaluate_setting(self.parameters[key], tensor_name, t)
-        return TensorCoefficients(tuple(m.model for m in self.inputs), tuple(weights), shared)
+            where = f"models[{self.models.index(entry)}].parameters"
+            for key, default in PER_MODEL_DEFAULTS[self.merge_method].items():
+                value = self._resolve(key, default, [entry.parameters, self.parameters], tensor_name, t,
+                                      f"{where}.{key}")
+                per_model[key].append(value)
+        if self.merge_method in _DELLA:
+            for entry, d, e in zip(self.inputs, per_model["density"], per_model["epsilon"]):
+                if d < 1 and not (0 < d - e and d + e < 1):  # mergekit raises a ValueError mid-merge here
+                    raise UserError(f"models[{self.models.index(entry)}].parameters.epsilon",
+                                    f"density +/- epsilon must lie inside (0, 1); density {d:g}, epsilon {e:g} "
+                                    f"at {tensor_name}", "keep epsilon below min(density, 1 - density)")
+        frozen = {key: tuple(values) for key, values in per_model.items()}
+        return TensorCoefficients(tuple(m.model for m in self.inputs), frozen.get("weight", ()), shared, frozen,
+                                  tensor_name)
+
+    @staticmethod
+    def _resolve(key: str, default: Any, scopes: Sequence[Mapping[str, Any]], tensor_name: str, t: float,
+                 where: str) -> Any:
+        for scope in scopes:
+            if key in scope:
+                value = evaluate_setting(scope[key], tensor_name, t)
+                if value is not None:
+                    return _coerce(key, value, where)
+        if default is REQUIRED:
+            raise UserError(where, "missing", f"set {key} for every tensor (a filter list needs a catch-all entry)")
+        return default
 
     # --- mergekit YAML in and out -------------------------------------------------------------------------
     def to_mergekit(self) -> dict[str, Any]:
@@ -174,6 +291,43 @@ def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
                 return evaluate_setting(cond["value"], tensor_name, t)
         return None
     raise ValueError(f"unexpected parameter setting {setting!r}")
+
+
+def _numbers(setting: Any) -> list[float]:
+    """Every number a (checked) setting contains: scalars, gradient entries, filter values."""
+    if isinstance(setting, bool) or isinstance(setting, str):
+        return []
+    if isinstance(setting, (int, float)):
+        return [float(setting)]
+    if isinstance(setting, dict):
+        return _numbers(setting.get("value"))
+    if isinstance(setting, (list, tuple)):
+        return [v for item in setting for v in _numbers(item)]
+    return []
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """A resolved value as its parameter's type (mergekit validates with pydantic the same way)."""
+    kind = _PARAM_TYPES.get(key, float)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    else:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    raise UserError(where, f"expected a {kind.__name__}, got {value!r}", f"write {key} as a {kind.__name__}")
 
 
 def _check_setting(value: Any, where: str) -> None:

@@ -68,3 +68,23 @@ def write_space(path: Path, mini, *, popsize: int = 4, generations: int = 2, max
     space["search"].update(popsize=popsize, generations=generations)
     path.write_text(yaml.safe_dump(space))
     return path
+
+
+def mergekit_merge(cfg: dict, out: Path) -> Path:
+    """Merge with mergekit 0.1.5, the oracle, in this process: what `mergekit-yaml cfg.yaml out` runs, without its
+    ~3 s process start (tokenizer and model card left out)."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    options = MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True)
+    run_merge(MergeConfiguration.model_validate(cfg), str(out), options)
+    return out
+
+
+def load_tensors(path: Path) -> dict:
+    """Every tensor of a model directory, by name."""
+    from evomerge.tensors import ModelFiles
+
+    f = ModelFiles.open(path)
+    return {n: f.get(n) for n in f.names()}
