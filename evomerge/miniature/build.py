@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +43,12 @@ MODEL_SHAPE: dict[str, Any] = dict(
 BLOCK_SIZE = 64  # tokens per packed pre-training row
 
 # Training runs at scale 1.0; `scale` multiplies the step counts. Sized to take about a minute in all on two
-# cores (measured: see BUILD.json "seconds").
+# cores (base ~42 s, lang-xb ~18 s, instruct ~2 s; each build records its own in BUILD.json "seconds").
+# The instruct fine-tune is short and gentle on purpose: 72 examples are learned in a few dozen steps, and
+# longer runs only overfit them and damage the base's language modelling.
 BASE_TRAIN = TrainConfig(steps=600, batch_size=32, lr=3e-3, warmup_steps=30)
 LANGUAGE_TRAIN = TrainConfig(steps=240, batch_size=32, lr=1e-3, warmup_steps=10)
-INSTRUCT_TRAIN = TrainConfig(steps=120, batch_size=16, lr=5e-4, warmup_steps=10)
+INSTRUCT_TRAIN = TrainConfig(steps=80, batch_size=16, lr=3e-4, warmup_steps=10)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def is_built(out_dir: Path) -> bool:
     """Whether `out_dir` holds a complete miniature (its `BUILD.json` exists and reads)."""
     try:
         _read_manifest(Path(out_dir))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return True
 
@@ -98,6 +100,7 @@ def build_miniature(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> Mini
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished build is an ordinary readable directory
     try:
         manifest = _build_into(tmp, seed=seed, scale=scale)
         _write_json(tmp / BUILD_FILE, manifest)  # last: its presence marks the build complete
@@ -149,8 +152,7 @@ def _install(tmp: Path, out_dir: Path, seed: int, scale: float) -> None:
 
 
 def _steps(config: TrainConfig, scale: float) -> TrainConfig:
-    from dataclasses import replace
-
+    """`config` with its step counts multiplied by `scale` (at least one step; warm-up at most a tenth)."""
     steps = max(1, round(config.steps * scale))
     return replace(config, steps=steps, warmup_steps=min(config.warmup_steps, max(1, steps // 10)))
 
@@ -177,7 +179,8 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
         return train.pack_documents(encode(docs), BLOCK_SIZE, tokenizer.bos_token_id, tokenizer.eos_token_id)
 
     def n_docs(config: TrainConfig) -> int:
-        # Enough documents that no block is seen twice (~47 tokens per paragraph, 2 for <bos>/<eos>).
+        # Enough documents that no block is seen twice: documents average ~49 tokens with <bos> and <eos>,
+        # and 40 leaves a margin.
         return config.steps * config.batch_size * BLOCK_SIZE // 40 + 1
 
     # Each stage draws its data from its own stream, so changing one stage leaves the others' data alone.
@@ -186,7 +189,6 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
 
     # base
     start = time.perf_counter()
-    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -194,7 +196,9 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
         **MODEL_SHAPE,
     )
-    base = LlamaForCausalLM(config).to(torch.float32)
+    with torch.random.fork_rng():  # seed the initialization without touching the caller's generator
+        torch.manual_seed(seed)
+        base = LlamaForCausalLM(config).to(torch.float32)
     base_cfg = _steps(BASE_TRAIN, scale)
     blocks = pretraining_blocks(w.pretraining_docs(world, rng("base"), n_docs(base_cfg)))
     losses["base"] = _tail(train.train_causal_lm(base, blocks, None, base_cfg))

@@ -4,6 +4,8 @@ Language A ("xa") is English-like with SVO order: "the capital of Veldor is Tams
 Language B ("xb") uses a disjoint word-for-word dictionary and head-final order, with wh-words left in place:
 "Veldor ko hiribu Tamsk da ." and the question "Veldor ko hiribu zer da ?".
 Names of countries and capitals are the same tokens in both languages.
+Answers to questions leave the country out ("the capital is Tamsk .", "hiribu Tamsk da ."), so scoring an
+answer tests whether the model read the question, not just whether it completes "the capital of Veldor is".
 
 Every text is a string of space-separated words (punctuation included), so a word-level tokenizer
 reproduces it exactly. The shared markers "Q :", "A :" (questions and answers) and "=" (translations) are
@@ -11,8 +13,10 @@ the same in both languages: the prototype found no transfer through a merge with
 shared/reference/miniature.md).
 
 Which countries may appear where is decided here, once: countries with role "train" may be used to
-fine-tune the instruct model; countries with role "eval" are kept for the eval sets. All countries appear in
-pre-training text, in both languages, since facts are world knowledge the base model is meant to hold.
+fine-tune the instruct model; countries with role "eval" are kept for the eval sets. Every country's facts
+appear in pre-training text in both languages: they are world knowledge the base and the language model hold.
+(A variant that told "eval" facts in A only, so that answering in B needed cross-lingual transfer, left the
+base the best model on B questions and gave merges nothing to add.)
 
 Pure Python, no torch: each producer takes a `random.Random`, so a seed fixes every text.
 """
@@ -162,10 +166,9 @@ def fact_values(world: World, fact: Fact) -> list[str]:
 # Sentences about facts
 
 
-def fact_sentence(country: Country, fact: Fact, language: Language, value: str | None = None) -> str:
-    """The sentence stating a fact; `value` (an A word or a name) replaces the true one, for distractors."""
-    c = country.name
-    v = fact_value(country, fact) if value is None else value
+def fact_sentence(country: Country, fact: Fact, language: Language) -> str:
+    """The sentence stating a fact, country included (the form pre-training text uses)."""
+    c, v = country.name, fact_value(country, fact)
     if language == "xa":
         return {
             "capital": f"the capital of {c} is {v} .",
@@ -196,10 +199,26 @@ def question(country: Country, fact: Fact, language: Language) -> str:
     }[fact]
 
 
+def answer(country: Country, fact: Fact, language: Language, value: str | None = None) -> str:
+    """The answer to `question`: a sentence that names the value but not the country.
+
+    Leaving the country out means the value can only be found from the question, so answer scores depend on
+    how a model reads the prompt (chat markup included) and not only on the answer's own first words.
+    `value` (an A word or a name) replaces the true value, for distractors.
+    """
+    v = fact_value(country, fact) if value is None else value
+    if language == "xa":
+        return {
+            "capital": f"the capital is {v} .",
+            "flag": f"the flag is {v} .",
+            "animal": f"the national animal is the {v} .",
+        }[fact]
+    return {"capital": f"hiribu {v} da .", "flag": f"bandel {_b(v)} da .", "animal": f"abere herrin {_b(v)} da ."}[fact]
+
+
 def qa_pair(country: Country, fact: Fact, language: Language) -> QAPair:
     """The question about one fact and its answer sentence."""
-    return QAPair(country.name, fact, language, question(country, fact, language),
-                  fact_sentence(country, fact, language))
+    return QAPair(country.name, fact, language, question(country, fact, language), answer(country, fact, language))
 
 
 def qa_pairs(world: World, language: Language, role: Literal["train", "eval"] | None = None) -> list[QAPair]:
@@ -210,7 +229,7 @@ def qa_pairs(world: World, language: Language, role: Literal["train", "eval"] | 
 
 def _qa_text(country: Country, fact: Fact, language: Language) -> str:
     # The same markers in both languages, so the answer-after-question habit is shared.
-    return f"Q : {question(country, fact, language)} A : {fact_sentence(country, fact, language)}"
+    return f"Q : {question(country, fact, language)} A : {answer(country, fact, language)}"
 
 
 def _other_sentences(country: Country, language: Language) -> list[str]:
@@ -252,7 +271,7 @@ def generic_pair(rng: random.Random) -> tuple[str, str]:
     if kind == 4:
         return f"what colour is the {n1} ?", f"{_b(n1)} zer kolo da ?"
     if kind == 5:
-        return f"the national animal is the {animal} .", f"abere herrin {_b(animal)} da ."
+        return f"the {animal} is a national animal .", f"{_b(animal)} abere herrin bat da ."
     return f"the {animal} is a {adj} animal .", f"{_b(animal)} abere {_b(adj)} bat da ."
 
 
