@@ -125,6 +125,10 @@ class Recipe:
         if self.merge_method in METHODS_NEEDING_BASE and not self.base_model:
             raise UserError("base_model", f"{self.merge_method} needs a base_model",
                             "name the shared pre-trained ancestor of the models")
+        if self.merge_method == "linear" and self.base_model:
+            # mergekit would add the base as one more weighted input; say so rather than differ silently
+            raise UserError("base_model", "linear takes no base_model",
+                            "list that model under models with a weight instead")
         if self.dtype not in DTYPES:
             raise UserError("dtype", f"unknown dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if not self.inputs:

@@ -35,12 +35,15 @@ def test_search_records_every_candidate_and_export_reproduces_the_score(miniatur
     assert len(trials) == 8
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     for t in trials:
-        assert set(t.params) == {f"w_xb[{i}]" for i in range(4)}
+        assert set(t.params) == {f"w_xb[{i}]" for i in range(4)} | {"w_xb_embed", "w_xb_head"}
         assert all(0.0 <= v <= 2.0 for v in t.params.values())
         assert set(t.user_attrs["scores"]) == {"mini_xb_facts", "mini_xa_chat"}
         assert t.user_attrs["worker"].startswith("worker-")
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers took candidates
     assert len({tuple(t.params.values()) for t in trials}) == 8
+    # the paper's uniform settings (the space's seed candidates) are the first two trials
+    assert [t.user_attrs.get("seed_candidate") for t in trials[:3]] == ["paper_w0.5", "paper_w1.0", None]
+    assert set(trials[0].params.values()) == {0.5} and set(trials[1].params.values()) == {1.0}
 
     r = _cli("export", str(runs / "e2e"))
     assert r.returncode == 0, r.stdout + r.stderr
