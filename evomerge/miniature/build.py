@@ -265,6 +265,9 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Pat
         eos_token_id=[end_id, tokenizer.eos_token_id],
         pad_token_id=tokenizer.pad_token_id,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per tiny file is noise in the quickstart's output
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 
