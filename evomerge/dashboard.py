@@ -1,0 +1,21 @@
+"""`evomerge dashboard RUN`: optuna-dashboard on a run's study, on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evomerge.errors import UserError
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Block serving the dashboard (Ctrl-C stops it)."""
+    from evomerge.ledger import storage_url
+    from evomerge.rundir import read_run
+
+    read_run(run_dir)  # a clear error when RUN is not a run directory
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise UserError("optuna-dashboard", "not installed", "pip install 'evomerge[dashboard]'") from None
+    print(f"dashboard for {run_dir} on http://{host}:{port}/  (Ctrl-C stops it)")
+    run_server(storage_url(Path(run_dir)), host=host, port=port)

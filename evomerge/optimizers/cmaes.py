@@ -1,0 +1,64 @@
+"""pycma's CMA-ES in the unit box, with optional IPOP restarts (population doubled at each restart)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+FAILED_LOSS = 1e30  # what a failed candidate is worth to a minimizer: worse than anything real
+
+
+class CmaEs:
+    """pycma's CMA-ES; `seed` fixes every candidate (same seed, same asks for the same tells)."""
+
+    multi_objective = False
+
+    def __init__(self, x0: Sequence[float], stds: Sequence[float], *, popsize: int, seed: int,
+                 sigma0: float = 1.0, restarts: int = 0) -> None:
+        self.x0, self.stds, self.sigma0, self.seed = list(x0), list(stds), sigma0, seed
+        self.popsize, self.restarts_left, self.restarts_done = popsize, restarts, 0
+        self._es = self._new(popsize)
+
+    def _new(self, popsize: int):
+        import warnings
+
+        with warnings.catch_warnings():  # pycma warns when matplotlib is absent; plotting is not its job here
+            warnings.simplefilter("ignore")
+            import cma
+
+        opts = {"bounds": [0.0, 1.0], "popsize": popsize,
+                "seed": self.seed * 1000 + self.restarts_done + 1,  # pycma treats seed 0 as "random"
+                "CMA_stds": self.stds, "verbose": -9, "verb_log": 0, "verb_disp": 0}
+        return cma.CMAEvolutionStrategy(self.x0, self.sigma0, opts)
+
+    def ask(self) -> list[list[float]]:
+        """One generation of candidates (unit coordinates, inside the box)."""
+        return [list(map(float, x)) for x in self._es.ask()]
+
+    def inject(self, xs: Sequence[Sequence[float]]) -> None:
+        """Make the next ask start with these points (e.g. seed candidates), used as given."""
+        import numpy as np
+
+        self._es.inject([np.asarray(x, dtype=float) for x in xs], force=True)
+
+    def tell(self, xs: Sequence[Sequence[float]], values: Sequence[Sequence[float] | None]) -> None:
+        """Report a generation's objective values (None for failed candidates); restart when converged."""
+        import numpy as np
+
+        losses = [FAILED_LOSS if v is None else -float(v[0]) for v in values]
+        self._es.tell([np.asarray(x) for x in xs], losses)
+        if self.restarts_left > 0 and self._es.stop() and "maxiter" not in self._es.stop():
+            self.restarts_left -= 1
+            self.restarts_done += 1
+            self.popsize *= 2  # IPOP
+            self._es = self._new(self.popsize)
+
+    def replay(self, xs: Sequence[Sequence[float]], values: Sequence[Sequence[float] | None]) -> list[list[float]]:
+        """Re-ask a recorded generation and tell its recorded values; returns what was asked (the caller checks it
+        equals the record: same seed and same tells give the same asks)."""
+        asked = self.ask()
+        self.tell(asked, values)
+        return asked
+
+    @property
+    def converged(self) -> bool:
+        return bool(self._es.stop()) and self.restarts_left == 0
