@@ -1,24 +1,55 @@
 """Eval sets: a small YAML card plus JSONL items, split into dev (seen by the search) and holdout (re-checks only).
 
-Layout: `eval_sets/<name>/card.yaml` and `eval_sets/<name>/items.jsonl`. A multiple-choice item is
-`{"id", "split": "dev"|"holdout", "choices": [...], "gold": i, ...fields used by the card's prompt}`.
+Layout: `eval_sets/<name>/card.yaml` and `eval_sets/<name>/items.jsonl`. Every item has an `id` and a `split`
+(`dev`, `holdout`, or `fewshot`: examples only, never scored) plus the fields the card's prompt template uses.
+By kind:
+
+- `multiple_choice`: `choices` (strings) and `gold` (index). `form: cloze` scores each choice text as the
+  continuation; `form: letter` lists the choices as "A: ..." lines (template field `{options}`) and scores the
+  letters. Metrics: acc, acc_norm, acc_bytes, gold_prob (scorers.py).
+- `instruction`: `constraints` (verifiers.py) and optionally `language` (the expected response language, default
+  the card's) and `reference` (a response that keeps every constraint; needed for few-shot examples, and checked
+  by the tests for shipped sets). Metrics: prompt_acc, inst_acc, their loose forms, lang_acc.
+- `perplexity`: `text`. Metric: bits_per_byte (lower is better; fitness.py turns it around).
+
+The card's `origin` says where the items came from (dataset, config, the source split of dev and of holdout, how
+they were split); `guard_test_splits` uses it to refuse a benchmark's test split as a search dev set.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from evomerge.errors import UserError
+from evomerge.scorers import METRICS
+from evomerge.verifiers import Constraint, parse_constraint
 
-KINDS = ("multiple_choice",)
-METRICS = ("acc", "gold_prob")
-SPLITS = ("dev", "holdout")
+KINDS = tuple(METRICS)
+FORMS = ("cloze", "letter")
+SPLITS = ("dev", "holdout", "fewshot")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CARD_KEYS = {"name", "language", "kind", "metric", "chat_template", "prompt", "target_delimiter", "few_shot",
-              "source", "license"}
+              "source", "license", "form", "system", "max_new_tokens", "stop", "origin"}
+_ORIGIN_KEYS = {"dataset", "config", "dev_split", "holdout_split", "split_by", "seed", "n_dev", "n_holdout",
+                "test_split"}
+_RESERVED = {"id", "split", "choices", "gold", "constraints", "language", "reference"}
+
+# (dataset id, split) pairs that are a public benchmark's test data: optimizing on them and then reporting them is
+# test-set tuning. Belebele, IFEval and its translations publish only their evaluation split.
+KNOWN_TEST_SPLITS: frozenset[tuple[str, str]] = frozenset({
+    ("facebook/belebele", "test"), ("proxectonos/belebele_gl", "train"), ("proxectonos/belebele_gl", "test"),
+    ("juletxara/xstory_cloze", "eval"), ("projecte-aina/xstorycloze_ca", "eval"),
+    ("proxectonos/xstorycloze_gl", "eval"), ("proxectonos/xstorycloze_gl", "test"),
+    ("google/IFEval", "train"), ("projecte-aina/IFEval_ca", "train"), ("projecte-aina/IFEval_ca", "test"),
+    ("BSC-LT/IFEval_es", "train"), ("BSC-LT/IFEval_es", "test"),
+    ("openlanguagedata/flores_plus", "devtest"),
+    ("HiTZ/MGSM-eu", "test"), ("projecte-aina/mgsm_ca", "test"), ("proxectonos/mgsm_gl", "test"),
+    ("juletxara/mgsm", "test"),
+})
 
 
 @dataclass(frozen=True)
@@ -29,27 +60,53 @@ class Card:
     language: str
     kind: str
     metric: str
-    prompt: str
+    prompt: str = "{text}"
     chat_template: bool = False
     target_delimiter: str = " "
     few_shot: int = 0
     source: str = ""
     license: str = ""
+    form: str = "cloze"
+    system: str = ""
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    origin: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Item:
-    """One multiple-choice item."""
+    """One item; which of the kind-specific fields are set depends on the card's kind."""
 
     id: str
     split: str
-    choices: tuple[str, ...]
-    gold: int
     fields: Mapping[str, Any]
+    choices: tuple[str, ...] = ()
+    gold: int = -1
+    constraints: tuple[Constraint, ...] = ()
+    language: str = ""
+    reference: str | None = None
 
     def prompt(self, card: Card) -> str:
-        """The card's prompt template filled with this item's fields."""
-        return card.prompt.format(**self.fields)
+        """The card's prompt template filled with this item's fields (and `{options}` for letter form)."""
+        return card.prompt.format(**self.fields, **_extra_fields(card, self.choices))
+
+    def answer(self, card: Card) -> str:
+        """The text a few-shot example shows as its answer."""
+        if card.kind == "multiple_choice":
+            return LETTERS[self.gold] if card.form == "letter" else self.choices[self.gold]
+        if card.kind == "instruction" and self.reference is not None:
+            return self.reference
+        raise ValueError(f"item {self.id} has no answer to show")
+
+    def continuations(self, card: Card) -> tuple[str, ...]:
+        """The strings scored as continuations (choice texts or letters), without the target delimiter."""
+        return tuple(LETTERS[: len(self.choices)]) if card.form == "letter" else self.choices
+
+
+def _extra_fields(card: Card, choices: tuple[str, ...]) -> dict[str, str]:
+    if card.kind == "multiple_choice" and card.form == "letter":
+        return {"options": "\n".join(f"{LETTERS[i]}: {c}" for i, c in enumerate(choices))}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -65,7 +122,10 @@ class EvalSet:
         return self.card.name
 
     def select(self, split: str, max_items: int | None = None, seed: int = 0) -> tuple[Item, ...]:
-        """The items of one split; a seeded subset when max_items is smaller (same seed -> same items)."""
+        """The items of one split; a seeded subset when max_items is smaller (same seed -> same items, whatever
+        the candidate: a generation's candidates are compared on equal terms)."""
+        if split not in ("dev", "holdout"):
+            raise UserError("split", f"cannot score split {split!r}", "use dev or holdout")
         items = [it for it in self.items if it.split == split]
         if not items:
             raise UserError(self.path, f"no items in split {split!r}", "add items or choose another split")
@@ -74,36 +134,31 @@ class EvalSet:
             items.sort(key=lambda it: it.id)
         return tuple(items)
 
+    def shots(self, item: Item, seed: int = 0) -> tuple[Item, ...]:
+        """The card's few-shot examples for one item: from the `fewshot` items if there are any, else from the
+        dev items (never the item itself); seeded per item, so every candidate sees the same examples."""
+        k = self.card.few_shot
+        if k == 0:
+            return ()
+        pool = [it for it in self.items if it.split == "fewshot"] or [it for it in self.items if it.split == "dev"]
+        pool = [it for it in pool if it.id != item.id]
+        if len(pool) < k:
+            raise UserError(self.path, f"few_shot is {k} but only {len(pool)} example items",
+                            "add `fewshot` items or lower few_shot")
+        return tuple(random.Random(f"{seed}:{self.name}:shots:{item.id}").sample(pool, k))
+
 
 def load_evalset(path: str | Path) -> EvalSet:
     """Read and validate `card.yaml` and `items.jsonl` under an eval-set directory."""
-    import yaml
-
     root = Path(path)
     card_file, items_file = root / "card.yaml", root / "items.jsonl"
     if not card_file.is_file():
         raise UserError(str(root), "no card.yaml", "an eval set is a directory with card.yaml and items.jsonl")
-    try:
-        raw = yaml.safe_load(card_file.read_text())
-    except yaml.YAMLError:
-        raise UserError(str(card_file), "malformed YAML", "fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise UserError(str(card_file), "must be a mapping", "see eval_sets/ for examples")
-    unknown = sorted(set(raw) - _CARD_KEYS)
-    if unknown:
-        raise UserError(f"{card_file}: {unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(_CARD_KEYS))}")
-    for key in ("name", "language", "kind", "metric", "prompt"):
-        if not isinstance(raw.get(key), str):
-            raise UserError(f"{card_file}: {key}", "missing or not a string", "see eval_sets/ for examples")
-    if raw["kind"] not in KINDS:
-        raise UserError(f"{card_file}: kind", f"unknown kind {raw['kind']!r}", f"use one of {', '.join(KINDS)}")
-    if raw["metric"] not in METRICS:
-        raise UserError(f"{card_file}: metric", f"unknown metric {raw['metric']!r}", f"use one of {', '.join(METRICS)}")
-    card = Card(**{k: raw[k] for k in raw})
+    card = parse_card(_read_yaml(card_file), str(card_file))
     if not items_file.is_file():
         raise UserError(str(root), "no items.jsonl", "add the items, one JSON object per line")
-    items = []
-    for n, line in enumerate(items_file.read_text().splitlines(), 1):
+    items, ids = [], set()
+    for n, line in enumerate(items_file.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{items_file}:{n}"
@@ -111,25 +166,153 @@ def load_evalset(path: str | Path) -> EvalSet:
             obj = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(where, "malformed JSON", "one JSON object per line") from None
-        items.append(_item(obj, where, card))
+        item = parse_item(obj, where, card)
+        if item.id in ids:
+            raise UserError(f"{where}: id", f"duplicate id {item.id!r}", "ids must be unique within a set")
+        ids.add(item.id)
+        items.append(item)
     if not items:
         raise UserError(str(items_file), "empty", "add at least one item")
+    if card.few_shot and card.kind == "instruction":
+        pool = [it for it in items if it.split == "fewshot"] or [it for it in items if it.split == "dev"]
+        if any(it.reference is None for it in pool):
+            raise UserError(str(items_file), "few-shot instruction examples need a `reference` response",
+                            "add `reference` to the example items or set few_shot: 0")
     return EvalSet(str(root), card, tuple(items))
 
 
-def _item(obj: Any, where: str, card: Card) -> Item:
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise UserError(str(path), "malformed YAML", "fix the syntax") from None
+
+
+def parse_card(raw: Any, where: str) -> Card:
+    """Validate a card mapping (unknown keys refused)."""
+    if not isinstance(raw, dict):
+        raise UserError(where, "must be a mapping", "see eval_sets/ for examples")
+    unknown = sorted(set(raw) - _CARD_KEYS)
+    if unknown:
+        raise UserError(f"{where}: {unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(_CARD_KEYS))}")
+    for key in ("name", "language", "kind", "metric"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise UserError(f"{where}: {key}", "missing or not a string", "see eval_sets/ for examples")
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise UserError(f"{where}: kind", f"unknown kind {kind!r}", f"use one of {', '.join(KINDS)}")
+    if raw["metric"] not in METRICS[kind]:
+        raise UserError(f"{where}: metric", f"unknown metric {raw['metric']!r} for {kind}",
+                        f"use one of {', '.join(METRICS[kind])}")
+    types = {"prompt": str, "chat_template": bool, "target_delimiter": str, "few_shot": int, "source": str,
+             "license": str, "form": str, "system": str, "max_new_tokens": int, "stop": list, "origin": dict}
+    for key, want in types.items():
+        if key in raw and (not isinstance(raw[key], want) or (want is int and isinstance(raw[key], bool))):
+            raise UserError(f"{where}: {key}", f"must be {want.__name__}", "see eval_sets/ for examples")
+    if kind != "perplexity" and "prompt" not in raw:
+        raise UserError(f"{where}: prompt", "missing", 'a template over item fields, e.g. "{question}"')
+    if raw.get("form", "cloze") not in FORMS:
+        raise UserError(f"{where}: form", f"unknown form {raw['form']!r}", f"use one of {', '.join(FORMS)}")
+    if raw.get("few_shot", 0) < 0 or raw.get("max_new_tokens", 1) < 1:
+        raise UserError(f"{where}: few_shot/max_new_tokens", "out of range", "few_shot >= 0, max_new_tokens >= 1")
+    if kind == "perplexity" and (raw.get("chat_template") or raw.get("few_shot")):
+        raise UserError(f"{where}: chat_template", "perplexity sets score raw text",
+                        "set chat_template: false and few_shot: 0")
+    if not all(isinstance(s, str) and s for s in raw.get("stop", [])):
+        raise UserError(f"{where}: stop", "must be a list of non-empty strings", 'e.g. ["\\n\\n"]')
+    origin = raw.get("origin", {})
+    bad = sorted(set(origin) - _ORIGIN_KEYS)
+    if bad:
+        raise UserError(f"{where}: origin.{bad[0]}", "unknown key", f"known keys: {', '.join(sorted(_ORIGIN_KEYS))}")
+    values = dict(raw)
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    return Card(**values)
+
+
+def parse_item(obj: Any, where: str, card: Card) -> Item:
+    """Validate one item of a set of the card's kind."""
     if not isinstance(obj, dict):
         raise UserError(where, "must be a JSON object", "see eval_sets/ for examples")
-    choices, gold, split = obj.get("choices"), obj.get("gold"), obj.get("split")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise UserError(f"{where}: choices", "must be a list of at least two strings", "list the answer options")
-    if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
-        raise UserError(f"{where}: gold", f"must index choices (0..{len(choices) - 1})", "fix the gold index")
+    split = obj.get("split")
     if split not in SPLITS:
         raise UserError(f"{where}: split", f"must be one of {', '.join(SPLITS)}", "mark each item dev or holdout")
-    fields = {k: v for k, v in obj.items() if k not in ("choices", "gold", "split")}
+    if not isinstance(obj.get("id"), (str, int)) or isinstance(obj.get("id"), bool):
+        raise UserError(f"{where}: id", "missing (a string or an integer)", "give every item a unique id")
+    fields = {k: v for k, v in obj.items() if k not in _RESERVED}
+    kw: dict[str, Any] = {}
+    if card.kind == "multiple_choice":
+        choices, gold = obj.get("choices"), obj.get("gold")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise UserError(f"{where}: choices", "must be a list of at least two non-empty strings",
+                            "list the answer options")
+        if card.form == "letter" and len(choices) > len(LETTERS):
+            raise UserError(f"{where}: choices", "too many for letters", f"at most {len(LETTERS)}")
+        if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+            raise UserError(f"{where}: gold", f"must index choices (0..{len(choices) - 1})", "fix the gold index")
+        kw = {"choices": tuple(choices), "gold": gold}
+    elif card.kind == "instruction":
+        raw = obj.get("constraints")
+        if not isinstance(raw, list):
+            raise UserError(f"{where}: constraints", "must be a list (may be empty)",
+                            'e.g. [{"type": "words", "max": 50}]')
+        language = obj.get("language", card.language)
+        if not isinstance(language, str) or not language:
+            raise UserError(f"{where}: language", "must be a language code", "e.g. eu, ca, gl, es, en")
+        reference = obj.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise UserError(f"{where}: reference", "must be a string", "a response that keeps the constraints")
+        kw = {"constraints": tuple(parse_constraint(c, f"{where}: constraints[{i}]") for i, c in enumerate(raw)),
+              "language": language, "reference": reference}
+    else:
+        if not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise UserError(f"{where}: text", "missing or empty", "a perplexity item is a piece of text")
     try:
-        card.prompt.format(**fields)
+        card.prompt.format(**fields, **_extra_fields(card, kw.get("choices", ())))
     except (KeyError, IndexError) as e:
         raise UserError(where, f"the card's prompt needs field {e}", "add the field to the item") from None
-    return Item(str(obj.get("id", where)), split, tuple(choices), gold, fields)
+    return Item(str(obj["id"]), split, fields, **kw)
+
+
+def benchmark_test_reason(card: Card) -> str | None:
+    """Why this set's dev split is a known benchmark's test data, or None."""
+    origin = card.origin
+    if origin.get("test_split") is True:
+        return "its card marks the dev items as benchmark test data (origin.test_split)"
+    key = (str(origin.get("dataset", "")), str(origin.get("dev_split", "")))
+    if key in KNOWN_TEST_SPLITS:
+        return f"its dev items come from {key[0]}'s {key[1]!r} split, a benchmark's test data"
+    return None
+
+
+def guard_test_splits(evalsets: Iterable[EvalSet], allow: bool = False) -> None:
+    """Refuse to search on a known benchmark's test split unless `allow` (mergekit has the same guard): a model
+    tuned on the test items and then reported on them is not evidence of anything."""
+    if allow:
+        return
+    for es in evalsets:
+        reason = benchmark_test_reason(es.card)
+        if reason:
+            raise UserError(es.path, f"refusing to search on {es.name}: {reason}",
+                            "pull a train/dev split instead, or pass --allow-test-splits if you know why")
+
+
+def write_evalset(root: str | Path, card: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> Path:
+    """Write a card and items as an eval-set directory (validated first, so what is written loads)."""
+    import yaml
+
+    root = Path(root)
+    parsed = parse_card(dict(card), str(root / "card.yaml"))
+    lines = []
+    for n, obj in enumerate(items, 1):
+        parse_item(obj, f"{root / 'items.jsonl'}:{n}", parsed)
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    if not lines:
+        raise UserError(str(root), "no items to write", "the source gave no usable items")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "card.yaml").write_text(yaml.safe_dump(dict(card), sort_keys=False, allow_unicode=True, width=100),
+                                    encoding="utf-8")
+    (root / "items.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root

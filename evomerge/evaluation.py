@@ -1,56 +1,175 @@
-"""Eval sets tokenized once for a backend, then scored as often as the weights change."""
+"""Eval sets tokenized once for a backend (`prepare`), then scored as often as the weights change (`score`).
+
+`prepare` fixes everything a candidate's score depends on besides the weights: the items (a seeded subset of the
+split), the few-shot examples, the prompt text (chat template, few-shot as multi-turn chat) and its token ids.
+So all candidates scored on one prepared set see exactly the same requests.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence, Union
 
 from evomerge.backends.hf import HFBackend, Request
-from evomerge.evalsets import EvalSet
-from evomerge.scorers import SetScores, score_multiple_choice
+from evomerge.errors import UserError
+from evomerge.evalsets import EvalSet, Item, load_evalset
+from evomerge.scorers import SetScores, Verdict, score_instructions, score_multiple_choice, score_perplexity
+from evomerge.verifiers import Constraint, check, check_loose
 
 
 @dataclass(frozen=True)
-class PreparedSet:
-    """One eval set's chosen items as token-id requests: item i owns requests[offsets[i]:offsets[i + 1]]."""
+class ChoiceSet:
+    """A multiple-choice set's requests: item i owns requests[offsets[i]:offsets[i + 1]], one per choice."""
 
     name: str
     metric: str
     requests: tuple[Request, ...]
     offsets: tuple[int, ...]
     golds: tuple[int, ...]
+    choices: tuple[tuple[str, ...], ...]  # the scored strings (choice texts or letters), for acc_norm / acc_bytes
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """A perplexity set's rolling windows: text i owns requests[offsets[i]:offsets[i + 1]]."""
+
+    name: str
+    metric: str
+    requests: tuple[Request, ...]
+    offsets: tuple[int, ...]
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GenerationSet:
+    """An instruction set's prompts (token ids) and what each response must keep."""
+
+    name: str
+    metric: str
+    prompts: tuple[tuple[int, ...], ...]
+    constraints: tuple[tuple[Constraint, ...], ...]
+    languages: tuple[str, ...]
+    max_new_tokens: int
+    stop: tuple[str, ...]
+
+
+PreparedSet = Union[ChoiceSet, TextSet, GenerationSet]
+
+
+def context_text(backend: HFBackend, evalset: EvalSet, item: Item, seed: int = 0) -> str:
+    """The text an item is scored or answered after: few-shot examples as earlier chat turns (or, without a chat
+    template, as "prompt answer" blocks separated by blank lines, lm-eval's default), then the item's prompt."""
+    card = evalset.card
+    shots = evalset.shots(item, seed)
+    if card.chat_template:
+        messages = [{"role": "system", "content": card.system}] if card.system else []
+        for s in shots:
+            messages += [{"role": "user", "content": s.prompt(card)}, {"role": "assistant", "content": s.answer(card)}]
+        messages.append({"role": "user", "content": item.prompt(card)})
+        return backend.chat(messages)
+    blocks = [card.system] if card.system else []
+    blocks += [s.prompt(card) + card.target_delimiter + s.answer(card) for s in shots]
+    blocks.append(item.prompt(card))
+    return "\n\n".join(blocks)
 
 
 def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | None, seed: int) -> PreparedSet:
     """Select the items (same for every candidate under one seed) and tokenize them."""
     card = evalset.card
-    requests: list[Request] = []
-    offsets, golds = [0], []
-    for item in evalset.select(split, max_items, seed):
-        text = item.prompt(card)
-        context = backend.chat_prompt(text) if card.chat_template else text
-        for choice in item.choices:
-            requests.append(backend.encode(context, card.target_delimiter + choice))
-        offsets.append(len(requests))
-        golds.append(item.gold)
-    return PreparedSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(golds))
+    items = evalset.select(split, max_items, seed)
+    if card.kind == "multiple_choice":
+        requests: list[Request] = []
+        offsets, golds, choices = [0], [], []
+        for item in items:
+            context = context_text(backend, evalset, item, seed)
+            conts = item.continuations(card)
+            requests += [backend.encode(context, card.target_delimiter + c) for c in conts]
+            offsets.append(len(requests))
+            golds.append(item.gold)
+            choices.append(conts)
+        return ChoiceSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(golds), tuple(choices))
+    if card.kind == "perplexity":
+        requests, offsets, texts = [], [0], []
+        for item in items:
+            text = item.prompt(card)
+            requests += backend.rolling_requests(text)
+            offsets.append(len(requests))
+            texts.append(text)
+        return TextSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(texts))
+    from evomerge.language_id import known_languages
+
+    unknown = sorted({it.language for it in items} - known_languages())
+    if unknown:
+        raise UserError(evalset.path, f"the language identifier does not know {unknown[0]!r}",
+                        "use an ISO 639-1 code such as eu, ca, gl, es, en")
+    prompts = tuple(backend.encode_prompt(context_text(backend, evalset, item, seed)) for item in items)
+    return GenerationSet(evalset.name, card.metric, prompts, tuple(it.constraints for it in items),
+                         tuple(it.language for it in items), card.max_new_tokens, card.stop)
+
+
+def verdict(response: str, constraints: Sequence[Constraint], language: str) -> Verdict:
+    """Check one response against its constraints (strict and loose) and its expected language."""
+    from evomerge.language_id import is_language
+
+    return Verdict(tuple(check(c, response) for c in constraints),
+                   tuple(check_loose(c, response) for c in constraints), is_language(response, language))
+
+
+def score_set(backend: HFBackend, p: PreparedSet) -> SetScores:
+    """Score one prepared set with the backend's current weights."""
+    if isinstance(p, ChoiceSet):
+        lls = backend.loglikelihoods(p.requests)
+        per_item = [lls[a:b] for a, b in zip(p.offsets[:-1], p.offsets[1:])]
+        return score_multiple_choice(per_item, p.golds, p.choices)
+    if isinstance(p, TextSet):
+        lls = backend.loglikelihoods(p.requests)
+        return score_perplexity([sum(lls[a:b]) for a, b in zip(p.offsets[:-1], p.offsets[1:])], p.texts)
+    responses = backend.generate(p.prompts, p.max_new_tokens, p.stop)
+    return score_instructions([verdict(r, c, lang) for r, c, lang in zip(responses, p.constraints, p.languages)])
 
 
 def score(backend: HFBackend, prepared: Sequence[PreparedSet]) -> dict[str, SetScores]:
     """Score every prepared set with the backend's current weights."""
-    out: dict[str, SetScores] = {}
-    for p in prepared:
-        lls = backend.loglikelihoods(p.requests)
-        per_item = [lls[a:b] for a, b in zip(p.offsets[:-1], p.offsets[1:])]
-        out[p.name] = score_multiple_choice(per_item, p.golds)
-    return out
+    return {p.name: score_set(backend, p) for p in prepared}
 
 
 def score_model_dir(model_dir: str, eval_sets: Sequence[str], split: str = "dev", max_items: int | None = None,
-                    seed: int = 0) -> dict[str, SetScores]:
+                    seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                    batch_size: int = 32) -> dict[str, SetScores]:
     """Score a model directory on eval sets (what `evomerge eval` runs), the same way a worker scores."""
-    from evomerge.evalsets import load_evalset
+    import torch
 
-    backend = HFBackend.load(model_dir)
-    prepared = [prepare(backend, load_evalset(p), split, max_items, seed) for p in eval_sets]
+    sets = [load_evalset(p) for p in eval_sets]  # validate before the (slow) model load
+    backend = HFBackend.load(model_dir, dtype=getattr(torch, dtype), device=device, batch_size=batch_size)
+    prepared = [prepare(backend, es, split, max_items, seed) for es in sets]
     return score(backend, prepared)
+
+
+def score_target(target: str | Path, eval_sets: Sequence[str], split: str = "dev", max_items: int | None = None,
+                 seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 32) -> dict[str, SetScores]:
+    """Score a model directory, or a mergekit recipe YAML (merged into a temporary directory first)."""
+    target = Path(target)
+    if target.is_dir():
+        return score_model_dir(str(target), eval_sets, split, max_items, seed, device, dtype, batch_size)
+    if target.suffix not in (".yaml", ".yml") or not target.is_file():
+        raise UserError(str(target), "not a model directory or a recipe YAML", "pass a model dir or recipe.yaml")
+    from evomerge.merge import merge_to_disk
+    from evomerge.recipe import load_recipe_yaml
+
+    for p in eval_sets:
+        load_evalset(p)
+    recipe = load_recipe_yaml(target)
+    with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
+        merge_to_disk(recipe, Path(tmp) / "model")
+        return score_model_dir(str(Path(tmp) / "model"), eval_sets, split, max_items, seed, device, dtype,
+                               batch_size)
+
+
+def format_scores(scores: Mapping[str, SetScores]) -> str:
+    """A plain table: one line per eval set, every metric."""
+    width = max((len(n) for n in scores), default=0)
+    return "\n".join(f"{name:{width}s}  " + "  ".join(f"{k} {v:.4f}" for k, v in s.values.items()) + f"  n {s.n}"
+                     for name, s in scores.items())

@@ -1,27 +1,53 @@
-"""Pure metrics over per-choice log-likelihoods (no torch): accuracy and the gold choice's renormalized probability.
+"""Pure metrics (no torch): multiple choice from per-choice log-likelihoods, bits per byte from text log-likelihoods,
+instruction following from per-constraint verdicts.
 
-`acc` is lm-eval-harness's: argmax over choices of the summed log-probability of the continuation tokens.
-`gold_prob` is the probability of the gold choice renormalized over the choices: smoother than 0/1 accuracy, so
+Multiple choice follows lm-eval-harness exactly: `acc` is the argmax over choices of the summed log-probability of
+the continuation tokens; `acc_norm` divides each by the choice's length in characters and `acc_bytes` by its length
+in UTF-8 bytes (the choice text without the target delimiter); ties go to the first choice (numpy's argmax).
+`gold_prob` is the gold choice's probability renormalized over the choices: smoother than 0/1 accuracy, so
 candidates that differ a little are ranked apart.
+
+Perplexity follows lm-eval-harness's `loglikelihood_rolling` aggregation: corpus-level, i.e. total negative
+log-likelihood over total bytes (or words), not a mean of per-text values.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Sequence
+
+MULTIPLE_CHOICE_METRICS = ("acc", "acc_norm", "acc_bytes", "gold_prob")
+PERPLEXITY_METRICS = ("bits_per_byte", "byte_perplexity", "word_perplexity")
+INSTRUCTION_METRICS = ("prompt_acc", "inst_acc", "prompt_acc_loose", "inst_acc_loose", "lang_acc")
+METRICS = {"multiple_choice": MULTIPLE_CHOICE_METRICS, "perplexity": PERPLEXITY_METRICS,
+           "instruction": INSTRUCTION_METRICS}
+LOWER_IS_BETTER = frozenset(PERPLEXITY_METRICS)
 
 
 @dataclass(frozen=True)
 class SetScores:
-    """Scores of one eval set: every metric, and the number of items."""
+    """Scores of one eval set: every metric of its kind by name, and the number of items scored."""
 
-    acc: float
-    gold_prob: float
-    n: int
+    values: dict[str, float] = field(default_factory=dict)
+    n: int = 0
 
     def metric(self, name: str) -> float:
-        return float(getattr(self, name))
+        """One metric's value (KeyError names the metrics there are)."""
+        try:
+            return float(self.values[name])
+        except KeyError:
+            raise KeyError(f"no metric {name!r}; have {', '.join(self.values)}") from None
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat JSON-ready form: every metric, and n."""
+        return {**self.values, "n": self.n}
+
+
+def _argmax(xs: Sequence[float]) -> int:
+    """Index of the first maximum (numpy's argmax rule, which lm-eval-harness uses)."""
+    return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
 def choice_probs(logprobs: Sequence[float]) -> list[float]:
@@ -32,10 +58,62 @@ def choice_probs(logprobs: Sequence[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def score_multiple_choice(logprobs: Sequence[Sequence[float]], golds: Sequence[int]) -> SetScores:
-    """Mean accuracy and mean gold probability over items."""
+def score_multiple_choice(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
+                          choices: Sequence[Sequence[str]] | None = None) -> SetScores:
+    """Mean acc and gold_prob over items; with the choice texts also acc_norm and acc_bytes."""
     if len(logprobs) != len(golds) or not golds:
         raise ValueError("need one list of choice log-likelihoods per item")
-    acc = sum(int(max(range(len(lp)), key=lambda i: lp[i]) == g) for lp, g in zip(logprobs, golds)) / len(golds)
-    prob = sum(choice_probs(lp)[g] for lp, g in zip(logprobs, golds)) / len(golds)
-    return SetScores(acc, prob, len(golds))
+    n = len(golds)
+    values = {"acc": sum(_argmax(lp) == g for lp, g in zip(logprobs, golds)) / n}
+    if choices is not None:
+        if len(choices) != n or any(len(c) != len(lp) for c, lp in zip(choices, logprobs)):
+            raise ValueError("need the choice texts of every item")
+        values["acc_norm"] = sum(_argmax([x / len(c) for x, c in zip(lp, cs)]) == g
+                                 for lp, cs, g in zip(logprobs, choices, golds)) / n
+        values["acc_bytes"] = sum(_argmax([x / len(c.encode("utf-8")) for x, c in zip(lp, cs)]) == g
+                                  for lp, cs, g in zip(logprobs, choices, golds)) / n
+    values["gold_prob"] = sum(choice_probs(lp)[g] for lp, g in zip(logprobs, golds)) / n
+    return SetScores(values, n)
+
+
+def count_words_whitespace(text: str) -> int:
+    """Words as lm-eval-harness counts them for word perplexity: pieces between runs of whitespace."""
+    return len(re.split(r"\s+", text))
+
+
+def score_perplexity(logprobs: Sequence[float], texts: Sequence[str]) -> SetScores:
+    """Corpus bits per byte, byte perplexity and word perplexity from each text's total log-likelihood (nats)."""
+    if len(logprobs) != len(texts) or not texts:
+        raise ValueError("need one log-likelihood per text")
+    nll = -sum(logprobs)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_words = sum(count_words_whitespace(t) for t in texts)
+    values = {"bits_per_byte": nll / n_bytes / math.log(2), "byte_perplexity": math.exp(nll / n_bytes),
+              "word_perplexity": math.exp(nll / n_words)}
+    return SetScores(values, len(texts))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One response's checks: per constraint strict and loose (IFEval's rules), and whether its language is right."""
+
+    strict: tuple[bool, ...]
+    loose: tuple[bool, ...]
+    language_ok: bool
+
+
+def score_instructions(verdicts: Sequence[Verdict]) -> SetScores:
+    """IFEval's four accuracies (prompt level: every constraint kept; instruction level: each constraint) and
+    the share of responses in the expected language."""
+    if not verdicts:
+        raise ValueError("need at least one verdict")
+    n = len(verdicts)
+    n_inst = sum(len(v.strict) for v in verdicts)
+    values = {
+        "prompt_acc": sum(all(v.strict) for v in verdicts) / n,
+        "inst_acc": sum(sum(v.strict) for v in verdicts) / n_inst if n_inst else 1.0,
+        "prompt_acc_loose": sum(all(v.loose) for v in verdicts) / n,
+        "inst_acc_loose": sum(sum(v.loose) for v in verdicts) / n_inst if n_inst else 1.0,
+        "lang_acc": sum(v.language_ok for v in verdicts) / n,
+    }
+    return SetScores(values, n)

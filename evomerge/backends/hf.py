@@ -1,10 +1,16 @@
-"""Hugging Face transformers backend: batched continuation log-likelihoods on CPU or GPU."""
+"""Hugging Face transformers backend on CPU or GPU: batched continuation log-likelihoods, rolling log-likelihoods of
+whole texts, greedy generation with stop strings, and the model's chat template.
+
+Everything takes token ids that the caller prepared once (evaluation.prepare); the per-candidate path only runs
+the model. The weights may be rewritten in place between calls (worker.py merges into `parameters()`).
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -17,15 +23,39 @@ class Request:
     continuation: tuple[int, ...]
 
 
+def rolling_windows(tokens: Sequence[int], prefix: int, max_len: int) -> list[Request]:
+    """Disjoint windows covering `tokens` as lm-eval-harness's `loglikelihood_rolling` makes them (context_len 1):
+    the first window predicts up to max_len tokens from `prefix`, each later one predicts the next max_len tokens
+    from the one token before them (the last window takes more context when it is short)."""
+    if max_len < 1:
+        raise ValueError("max_len must be positive")
+    tokens = list(tokens)
+    if not tokens:
+        return []
+    first = min(max_len, len(tokens))
+    out = [Request((prefix,), tuple(tokens[:first]))]  # input: prefix + tokens[:first - 1]
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, max_len)
+        end = predicted + n
+        inputs = tokens[max(0, end - max_len - 1): end - 1]
+        context = inputs[: len(inputs) - (n - 1)]
+        out.append(Request(tuple(context), tuple(tokens[end - n: end])))
+        predicted = end
+    return out
+
+
 class HFBackend:
     """A causal LM and its tokenizer; the model's parameters may be rewritten in place between calls."""
 
     def __init__(self, model: "torch.nn.Module", tokenizer, batch_size: int = 32) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.device = next(model.parameters()).device
+        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "HFBackend":
+    def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+             batch_size: int = 32) -> "HFBackend":
         """Load a model directory (safetensors only, no remote code)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,54 +63,165 @@ class HFBackend:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=False).to(device)
         model.eval()
-        return cls(model, tok)
+        return cls(model, tok, batch_size)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The live weights by checkpoint name (for in-place merges)."""
         return {name: p.data for name, p in self.model.named_parameters()}
 
+    # ---- text -> token ids (done once per eval set) ------------------------------------------------------------
+
+    @property
+    def _bos(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def tokens(self, text: str) -> list[int]:
+        """Token ids of a text with no special tokens added (chat templates write their own)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def encode(self, context: str, continuation: str) -> Request:
         """Tokenize the way lm-eval-harness does: encode the whole text and split off the context's tokens, so
         tokens that merge across the boundary belong to the continuation."""
-        tok = self.tokenizer
-        whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
-        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        whole, ctx = self.tokens(context + continuation), self.tokens(context)
         cut = len(ctx)
         while cut > 0 and whole[:cut] != ctx[:cut]:
             cut -= 1
         ctx_ids, cont_ids = whole[:cut], whole[cut:]
         if not ctx_ids:  # the first token needs something to be predicted from
-            bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-            ctx_ids = [bos]
+            ctx_ids = [self._bos]
         return Request(tuple(ctx_ids), tuple(cont_ids))
+
+    def encode_prompt(self, text: str) -> tuple[int, ...]:
+        """A generation prompt's token ids (the beginning-of-sequence token when the text is empty)."""
+        return tuple(self.tokens(text)) or (self._bos,)
+
+    def rolling_requests(self, text: str, max_len: int | None = None) -> list[Request]:
+        """A whole text as disjoint windows whose log-likelihoods sum to the text's (for bits per byte)."""
+        limit = max_len or min(int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048), 2048)
+        return rolling_windows(self.tokens(text), self._bos, limit)
+
+    def chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Messages (role, content) through the model's chat template, ending with the assistant's prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            from evomerge.errors import UserError
+
+            raise UserError("chat_template", "this model's tokenizer has no chat template",
+                            "set chat_template: false in the eval set's card, or score an instruct model")
+        return self.tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                                  add_generation_prompt=True)
 
     def chat_prompt(self, user_text: str) -> str:
         """One user turn wrapped in the model's chat template, ending with the assistant's generation prompt."""
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.chat([{"role": "user", "content": user_text}])
+
+    # ---- the model (per candidate) ----------------------------------------------------------------------------
 
     @torch.inference_mode()
     def loglikelihoods(self, requests: Sequence[Request]) -> list[float]:
-        """Sum of log-probabilities of each continuation given its context. Batches are formed longest first
-        (less padding); padding is on the right, so positions and attention need no adjustment."""
-        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
-        out = [0.0] * len(requests)
+        """Sum of log-probabilities of each continuation given its context.
+
+        Requests with the same input tokens share one row (letter-form choices after one prompt cost one row).
+        Rows are batched longest first (less padding, and the first batch shows at once whether memory suffices);
+        padding is on the right, so positions and attention need no adjustment. Only the positions that predict
+        continuation tokens go through the output head and the log-softmax.
+        """
+        rows: dict[tuple[int, ...], int] = {}
+        row_of = []
+        for r in requests:
+            if not r.context or not r.continuation:
+                raise ValueError("a request needs a non-empty context and continuation")
+            seq = (r.context + r.continuation)[:-1]
+            row_of.append(rows.setdefault(seq, len(rows)))
+        inputs = list(rows)
+        members: list[list[int]] = [[] for _ in inputs]
+        for i, row in enumerate(row_of):
+            members[row].append(i)
+        order = sorted(range(len(inputs)), key=lambda k: -len(inputs[k]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = [0.0] * len(requests)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            seqs = [list(requests[i].context + requests[i].continuation)[:-1] for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for row, s in enumerate(seqs):
-                ids[row, :len(s)] = torch.tensor(s)
-                mask[row, :len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)  # [batch, width, vocab]
-            for row, i in enumerate(idx):
-                req = requests[i]
-                first = len(req.context) - 1  # position whose output predicts the first continuation token
-                target = torch.tensor(req.continuation, device=self.device)
-                pos = torch.arange(first, first + len(target), device=self.device)
-                out[i] = float(logp[row, pos, target].sum())
+            batch = order[start:start + self.batch_size]
+            width = len(inputs[batch[0]])
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, k in enumerate(batch):
+                ids[b, :len(inputs[k])] = torch.tensor(inputs[k])
+                mask[b, :len(inputs[k])] = 1
+            # which (row, position) predicts which target token, for every request of the batch
+            b_idx, p_idx, target, owner, reqs = [], [], [], [], []
+            for b, k in enumerate(batch):
+                for i in members[k]:
+                    r = requests[i]
+                    first = len(r.context) - 1  # position whose output predicts the first continuation token
+                    n = len(r.continuation)
+                    b_idx += [b] * n
+                    p_idx += range(first, first + n)
+                    target += r.continuation
+                    owner += [len(reqs)] * n
+                    reqs.append(i)
+            lo, hi = min(p_idx), max(p_idx) + 1
+            kwargs = {"logits_to_keep": torch.arange(lo, hi, device=self.device)} if self._keep else {}
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs).logits
+            if not self._keep:
+                logits = logits[:, lo:hi]
+            # logits: [batch, hi - lo, vocab]; picked: [n_targets, vocab]
+            picked = logits[torch.tensor(b_idx, device=self.device), torch.tensor(p_idx, device=self.device) - lo]
+            logp = torch.log_softmax(picked.float(), dim=-1)
+            tok_lp = logp.gather(1, torch.tensor(target, device=self.device)[:, None]).squeeze(1)
+            sums = torch.zeros(len(reqs), dtype=torch.float64, device=self.device)
+            sums.index_add_(0, torch.tensor(owner, device=self.device), tok_lp.double())
+            for i, v in zip(reqs, sums.tolist()):
+                out[i] = v
         return out
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy continuations of prompts (token ids): at most max_new_tokens, ended by an end-of-sequence token
+        or cut before the first stop string. Batched longest first with left padding."""
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tok.eos_token_id is not None:
+            eos_ids.add(tok.eos_token_id)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=sorted(eos_ids) or None, pad_token_id=pad)
+        tail = max((len(s) for s in stop), default=0) + 8  # tokens to decode when looking for a stop string
+
+        class StopStrings(StoppingCriteria):
+            def __init__(self, width: int) -> None:
+                self.width = width
+
+            def __call__(self, input_ids, scores, **kwargs):  # -> bool per row
+                new = input_ids[:, self.width:]
+                texts = tok.batch_decode(new[:, -tail:], skip_special_tokens=True)
+                return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        out = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            width = len(prompts[batch[0]])
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, i in enumerate(batch):
+                p = list(prompts[i])
+                ids[b, width - len(p):] = torch.tensor(p)
+                mask[b, width - len(p):] = 1
+            criteria = StoppingCriteriaList([StopStrings(width)]) if stop else None
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=config, stopping_criteria=criteria)
+            for b, i in enumerate(batch):
+                new = gen[b, width:].tolist()
+                cut = next((j for j, t in enumerate(new) if t in eos_ids), len(new))
+                text = tok.decode(new[:cut], skip_special_tokens=True)
+                out[i] = _cut_at_stop(text, stop)
+        return out
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[:min(cuts)] if cuts else text

@@ -1,0 +1,299 @@
+"""Verifiable instruction constraints: one rule function per constraint type, in a plain dict. Pure (the
+`response_language` rule asks the offline language identifier).
+
+A constraint is written in an item as `{"type": "words", "min": 40, "max": 80}`. Counting rules follow IFEval where
+it has one (words are runs of `\\w`, so "l'home" is two words; bullets are lines starting with "* " or "- ";
+highlights are *text* spans; a title is <<text>>), so eval sets pulled from IFEval mean what they meant there.
+Keyword rules take `match`: `word` (default), `prefix` (a word starting with it: Basque inflects by suffixes, so
+"galdara" is in "galdarak") or `substring` (IFEval's rule for keyword existence and frequency).
+Every rule is language-neutral: markers that differ by language (a section word, a postscript marker) are
+arguments, not constants.
+
+`check(constraint, response)` is the strict verdict; `check_loose` also accepts the response with its first and/or
+last line removed and with markdown asterisks dropped (IFEval's loose variants), which forgives "Sure, here it is:"
+preambles.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from evomerge.errors import UserError
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One verifiable constraint: its type and its (validated) arguments."""
+
+    type: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.args}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **self.kwargs}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text)
+
+
+def _sentences(text: str) -> list[str]:
+    # A sentence ends at . ! ? or an ellipsis followed by whitespace (or the end); numbers like 3.5 do not end one.
+    # Bullet and heading lines end a sentence too, so a list of short items counts one sentence per item.
+    parts = re.split(r"(?<=[.!?…])\s+|\n+", text.strip())
+    return [p for p in parts if re.search(r"\w", p)]
+
+
+def _within(count: int, lo: int | None, hi: int | None) -> bool:
+    return (lo is None or count >= lo) and (hi is None or count <= hi)
+
+
+def _strip_fence(text: str) -> str:
+    t = text.strip()
+    m = re.fullmatch(r"```(?:json|JSON|Json)?\s*(.*?)\s*```", t, flags=re.DOTALL)
+    return m.group(1) if m else t
+
+
+def _words_rule(r: str, min: int | None = None, max: int | None = None) -> bool:
+    return _within(len(_words(r)), min, max)
+
+
+def _sentences_rule(r: str, min: int | None = None, max: int | None = None) -> bool:
+    return _within(len(_sentences(r)), min, max)
+
+
+def _paragraphs_rule(r: str, count: int, separator: str = "blank") -> bool:
+    # "blank": paragraphs are separated by empty lines; "***": by markdown dividers (IFEval's number_paragraphs)
+    if separator == "***":
+        parts = re.split(r"\s?\*\*\*\s?", r)
+        if any(not p.strip() for i, p in enumerate(parts) if 0 < i < len(parts) - 1):
+            return False  # an empty paragraph between two dividers
+        parts = [p for p in parts if p.strip()]
+    else:
+        parts = [p for p in re.split(r"\n\s*\n", r) if p.strip()]
+    return len(parts) == count
+
+
+def _paragraph_first_word_rule(r: str, count: int, nth: int, word: str) -> bool:
+    parts = [p for p in re.split(r"\n\s*\n", r) if p.strip()]
+    if len(parts) != count or not 1 <= nth <= count:
+        return False
+    first = _words(parts[nth - 1])
+    return bool(first) and first[0].lower() == word.lower()
+
+
+MATCHES = ("word", "prefix", "substring")
+
+
+def _occurrences(r: str, word: str, match: str) -> int:
+    # "word": the whole word; "prefix": a word starting with it (Basque inflects by suffixes: "galdara" is in
+    # "galdarak"); "substring": anywhere (IFEval's rule for keyword existence and frequency)
+    pattern = re.escape(word)
+    if match in ("word", "prefix"):
+        pattern = rf"(?<!\w){pattern}"
+    if match == "word":
+        pattern += r"(?!\w)"
+    return len(re.findall(pattern, r, flags=re.IGNORECASE))
+
+
+def _include_rule(r: str, words: list[str], match: str = "word") -> bool:
+    return all(_occurrences(r, w, match) for w in words)
+
+
+def _exclude_rule(r: str, words: list[str], match: str = "word") -> bool:
+    return not any(_occurrences(r, w, match) for w in words)
+
+
+def _keyword_count_rule(r: str, word: str, min: int | None = None, max: int | None = None,
+                        match: str = "word") -> bool:
+    return _within(_occurrences(r, word, match), min, max)
+
+
+def _letter_count_rule(r: str, letter: str, min: int | None = None, max: int | None = None) -> bool:
+    return _within(r.lower().count(letter.lower()), min, max)
+
+
+def _bullets_rule(r: str, count: int) -> bool:
+    return len(re.findall(r"^\s*[*-][ \t]+\S", r, flags=re.MULTILINE)) == count
+
+
+def _numbered_rule(r: str, count: int) -> bool:
+    return len(re.findall(r"^\s*\d+[.)][ \t]+\S", r, flags=re.MULTILINE)) == count
+
+
+def _highlights_rule(r: str, min: int) -> bool:
+    spans = re.findall(r"\*[^\n*]+\*", r) + re.findall(r"\*\*[^\n*]+\*\*", r)
+    return sum(1 for s in spans if s.strip("*").strip()) >= min
+
+
+def _sections_rule(r: str, count: int, marker: str) -> bool:
+    parts = re.split(rf"\s?{re.escape(marker)}\s?\d+\s?", r)
+    return len(parts) - 1 == count
+
+
+def _placeholders_rule(r: str, min: int) -> bool:
+    return len(re.findall(r"\[[^\[\]\n]+\]", r)) >= min
+
+
+def _json_rule(r: str) -> bool:
+    try:
+        json.loads(_strip_fence(r))
+    except ValueError:
+        return False
+    return True
+
+
+def _title_rule(r: str) -> bool:
+    return any(t.strip() for t in re.findall(r"<<([^\n]+?)>>", r))
+
+
+def _lowercase_rule(r: str) -> bool:
+    return r == r.lower() and any(c.isalpha() for c in r)
+
+
+def _uppercase_rule(r: str) -> bool:
+    return r == r.upper() and any(c.isalpha() for c in r)
+
+
+def _capital_words_rule(r: str, min: int | None = None, max: int | None = None) -> bool:
+    return _within(sum(1 for w in _words(r) if w.isupper()), min, max)
+
+
+def _no_commas_rule(r: str) -> bool:
+    return "," not in r
+
+
+def _quoted_rule(r: str) -> bool:
+    t = r.strip()
+    return len(t) > 1 and t[0] in "\"“«" and t[-1] in "\"”»"
+
+
+def _starts_with_rule(r: str, text: str) -> bool:
+    return r.strip().lower().startswith(text.strip().lower())
+
+
+def _ends_with_rule(r: str, text: str) -> bool:
+    return r.strip().lower().endswith(text.strip().lower())
+
+
+def _postscript_rule(r: str, marker: str) -> bool:
+    return re.search(rf"^\s*{re.escape(marker)}", r, flags=re.MULTILINE | re.IGNORECASE) is not None
+
+
+def _two_responses_rule(r: str, separator: str = "******") -> bool:
+    parts = [p.strip() for p in r.split(separator)]
+    return len(parts) == 2 and all(parts) and parts[0] != parts[1]
+
+
+def _response_language_rule(r: str, language: str) -> bool:
+    from evomerge.language_id import is_language
+
+    return is_language(r, language)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A constraint type: its check, its required and optional arguments (name -> type), and what it asks."""
+
+    check: Callable[..., bool]
+    required: Mapping[str, type]
+    optional: Mapping[str, type]
+    doc: str
+    needs_one_of: tuple[str, ...] = ()  # at least one of these optional arguments
+
+
+_RANGE = {"min": int, "max": int}
+RULES: dict[str, Rule] = {
+    "words": Rule(_words_rule, {}, _RANGE, "number of words within [min, max]", ("min", "max")),
+    "sentences": Rule(_sentences_rule, {}, _RANGE, "number of sentences within [min, max]", ("min", "max")),
+    "paragraphs": Rule(_paragraphs_rule, {"count": int}, {"separator": str},
+                       "exactly `count` paragraphs (separated by blank lines, or by *** lines)"),
+    "paragraph_first_word": Rule(_paragraph_first_word_rule, {"count": int, "nth": int, "word": str}, {},
+                                 "exactly `count` paragraphs and paragraph `nth` starts with `word`"),
+    "include_keywords": Rule(_include_rule, {"words": list}, {"match": str},
+                             "every word or phrase appears (match: word, prefix or substring)"),
+    "exclude_keywords": Rule(_exclude_rule, {"words": list}, {"match": str},
+                             "none of the words or phrases appears (match: word, prefix or substring)"),
+    "keyword_count": Rule(_keyword_count_rule, {"word": str}, {**_RANGE, "match": str},
+                          "`word` appears [min, max] times (match: word, prefix or substring)", ("min", "max")),
+    "letter_count": Rule(_letter_count_rule, {"letter": str}, _RANGE, "`letter` appears [min, max] times",
+                         ("min", "max")),
+    "bullets": Rule(_bullets_rule, {"count": int}, {}, "exactly `count` markdown bullets (* or -)"),
+    "numbered_items": Rule(_numbered_rule, {"count": int}, {}, "exactly `count` numbered lines (1. or 1))"),
+    "highlights": Rule(_highlights_rule, {"min": int}, {}, "at least `min` *highlighted* spans"),
+    "sections": Rule(_sections_rule, {"count": int, "marker": str}, {},
+                     "exactly `count` sections, each opened by `marker` and a number"),
+    "placeholders": Rule(_placeholders_rule, {"min": int}, {}, "at least `min` [placeholders]"),
+    "json": Rule(_json_rule, {}, {}, "the whole response is JSON (a ```json fence is allowed)"),
+    "title": Rule(_title_rule, {}, {}, "a title in double angular brackets, <<like this>>"),
+    "lowercase": Rule(_lowercase_rule, {}, {}, "no capital letters"),
+    "uppercase": Rule(_uppercase_rule, {}, {}, "only capital letters"),
+    "capital_words": Rule(_capital_words_rule, {}, _RANGE, "number of all-capital words within [min, max]",
+                          ("min", "max")),
+    "no_commas": Rule(_no_commas_rule, {}, {}, "no commas"),
+    "quoted": Rule(_quoted_rule, {}, {}, "the whole response is wrapped in double quotes"),
+    "starts_with": Rule(_starts_with_rule, {"text": str}, {}, "starts with `text` (case-insensitive)"),
+    "ends_with": Rule(_ends_with_rule, {"text": str}, {}, "ends with `text` (case-insensitive)"),
+    "postscript": Rule(_postscript_rule, {"marker": str}, {}, "a line starting with `marker` (P.S., P.D., ...)"),
+    "two_responses": Rule(_two_responses_rule, {}, {"separator": str},
+                          "two different responses separated by `separator` (******)"),
+    "response_language": Rule(_response_language_rule, {"language": str}, {},
+                              "written in `language` (offline language identification)"),
+}
+
+
+def parse_constraint(obj: Any, where: str) -> Constraint:
+    """Validate one constraint object from an item; unknown types and arguments are refused."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise UserError(where, "a constraint must be a mapping with a string `type`", 'e.g. {"type": "words", "max": 50}')
+    rule = RULES.get(obj["type"])
+    if rule is None:
+        raise UserError(f"{where}: type", f"unknown constraint type {obj['type']!r}",
+                        f"known: {', '.join(sorted(RULES))}")
+    args = {k: v for k, v in obj.items() if k != "type"}
+    allowed = {**rule.required, **rule.optional}
+    for key, value in args.items():
+        if key not in allowed:
+            raise UserError(f"{where}: {key}", f"unknown argument of {obj['type']}",
+                            f"arguments: {', '.join(allowed) or 'none'}")
+        want = allowed[key]
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is list:
+            ok = ok and bool(value) and all(isinstance(w, str) and w for w in value)
+        if not ok:
+            raise UserError(f"{where}: {key}", f"must be {'a non-empty list of strings' if want is list else want.__name__}",
+                            f"see {obj['type']}: {rule.doc}")
+    if "match" in args and args["match"] not in MATCHES:
+        raise UserError(f"{where}: match", f"unknown match {args['match']!r}", f"use one of {', '.join(MATCHES)}")
+    missing = [k for k in rule.required if k not in args]
+    if missing:
+        raise UserError(f"{where}: {missing[0]}", f"{obj['type']} needs {missing[0]}", rule.doc)
+    if rule.needs_one_of and not any(k in args for k in rule.needs_one_of):
+        raise UserError(where, f"{obj['type']} needs {' or '.join(rule.needs_one_of)}", rule.doc)
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in args.items()))
+    return Constraint(obj["type"], frozen)
+
+
+def check(constraint: Constraint, response: str) -> bool:
+    """The strict verdict: does the response keep the constraint?"""
+    return bool(RULES[constraint.type].check(response, **constraint.kwargs))
+
+
+def loose_variants(response: str) -> list[str]:
+    """IFEval's loose variants: the response, without its first line, without its last line, without both; each
+    also with every asterisk removed."""
+    lines = response.split("\n")
+    base = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    out = base + [v.replace("*", "") for v in base]
+    return [v for v in out if v]
+
+
+def check_loose(constraint: Constraint, response: str) -> bool:
+    """The loose verdict: some loose variant keeps the constraint."""
+    return any(check(constraint, v) for v in loose_variants(response))

@@ -1,0 +1,97 @@
+"""Every constraint type accepts a hand-made response that keeps it and rejects one that breaks it."""
+
+from __future__ import annotations
+
+import pytest
+
+from evomerge.errors import UserError
+from evomerge.verifiers import RULES, check, check_loose, loose_variants, parse_constraint
+
+# type -> (constraint, a response that keeps it, a response that breaks it); several cases per type where the
+# rule has an edge worth pinning down
+CASES = [
+    ({"type": "words", "max": 5}, "one two three four five", "one two three four five six"),
+    ({"type": "words", "min": 3}, "l'home i la dona", "hola bon dia"[:8]),
+    ({"type": "words", "min": 2, "max": 3}, "Kaixo, zer moduz?", "Kaixo"),
+    ({"type": "sentences", "min": 2, "max": 2}, "It costs 3.5 euros. That is cheap!", "It costs 3.5 euros."),
+    ({"type": "sentences", "max": 1}, "¿Vienes mañana?", "¿Vienes? Sí."),
+    ({"type": "paragraphs", "count": 2}, "First part.\n\nSecond part.", "First part.\nStill first."),
+    ({"type": "paragraphs", "count": 2, "separator": "***"}, "One.\n***\nTwo.", "One.\n\nTwo."),
+    ({"type": "paragraph_first_word", "count": 2, "nth": 2, "word": "Mentrestant"},
+     "La tardor.\n\nMentrestant, plou.", "La tardor.\n\nDesprés, plou."),
+    ({"type": "include_keywords", "words": ["caldera", "técnico"]}, "La caldera no va; llamé al técnico.",
+     "La caldera no va."),
+    ({"type": "include_keywords", "words": ["pan"]}, "Pan recién hecho.", "Panadería abierta."),
+    ({"type": "include_keywords", "words": ["galdara"], "match": "prefix"}, "Galdarak ez du funtzionatzen.",
+     "Berogailuak ez du funtzionatzen."),
+    ({"type": "include_keywords", "words": ["ana"], "match": "substring"}, "banana", "bnn"),
+    ({"type": "exclude_keywords", "words": ["sun", "light"]}, "Sunny days and daylight savings.",
+     "The sun is bright."),
+    ({"type": "keyword_count", "word": "fresh", "min": 2}, "Fresh bread, fresh milk.", "Fresh bread, freshly milk."),
+    ({"type": "keyword_count", "word": "ogia", "max": 1, "match": "prefix"}, "Ogia erosi dut.", "Ogia eta ogiak."),
+    ({"type": "letter_count", "letter": "z", "min": 2}, "Zazpi", "Bost"),
+    ({"type": "bullets", "count": 2}, "* one\n- two", "* one\n* two\n* three"),
+    ({"type": "bullets", "count": 1}, "Intro:\n* only one", "*not a bullet*\n* one\n*  two"),
+    ({"type": "numbered_items", "count": 3}, "1. a\n2. b\n3) c", "1. a\n2. b"),
+    ({"type": "highlights", "min": 2}, "Some *key idea* and **another**.", "Only *one* here."),
+    ({"type": "sections", "count": 2, "marker": "SECCIÓ"}, "SECCIÓ 1\nA\nSECCIÓ 2\nB", "SECCIÓ 1\nA and B"),
+    ({"type": "placeholders", "min": 2}, "Dear [name], thanks for the [gift].", "Dear [name], thanks."),
+    ({"type": "json"}, '{"a": 1}', "a: 1"),
+    ({"type": "json"}, '```json\n{"city": "York"}\n```', '{"city": York}'),
+    ({"type": "title"}, "<<Itsaso zaharra>>\nOlatuak...", "Itsaso zaharra\nOlatuak..."),
+    ({"type": "title"}, "<<T>> body", "<<>> body"),
+    ({"type": "lowercase"}, "todo en minúsculas, ñandú", "Todo en minúsculas"),
+    ({"type": "uppercase"}, "ATENCIÓN, PELIGRO", "ATENCIÓN, peligro"),
+    ({"type": "capital_words", "min": 2}, "DANGER: NO diving", "Danger: no diving"),
+    ({"type": "capital_words", "max": 0}, "Calm words only", "CALM words"),
+    ({"type": "no_commas"}, "No commas here.", "One, two."),
+    ({"type": "quoted"}, '"Every mile together."', 'Every mile "together".'),
+    ({"type": "quoted"}, "«Cada cim plegats.»", "Cada cim plegats."),
+    ({"type": "starts_with", "text": "Honestly,"}, "  honestly, yes.", "Yes, honestly."),
+    ({"type": "ends_with", "text": "Zorte on!"}, "Prestatu ondo. Zorte on!\n", "Zorte on! Prestatu ondo."),
+    ({"type": "postscript", "marker": "P.D."}, "Hola.\n\nP.D. Trae la guitarra.", "Hola. Trae la guitarra."),
+    ({"type": "two_responses"}, "Pepper.\n******\nBiscuit.", "Pepper.\n******\nPepper."),
+    ({"type": "two_responses", "separator": "---"}, "A\n---\nB", "A\n******\nB"),
+    ({"type": "response_language", "language": "eu"},
+     "Gaur goizean galdarak ez du funtzionatzen eta horregatik ez dago ur berorik etxean.",
+     "Esta mañana la caldera no funciona y por eso no hay agua caliente en casa."),
+    ({"type": "response_language", "language": "gl"},
+     "Esta mañá a caldeira deixou de funcionar e por iso non hai auga quente na casa.",
+     "Aquest matí la caldera ha deixat de funcionar i per això no hi ha aigua calenta a casa."),
+]
+
+
+@pytest.mark.parametrize("constraint,good,bad", CASES, ids=[f"{c['type']}-{i}" for i, (c, _, _) in enumerate(CASES)])
+def test_rule_accepts_and_rejects(constraint, good, bad):
+    c = parse_constraint(constraint, "test")
+    assert check(c, good), good
+    assert not check(c, bad), bad
+
+
+def test_every_constraint_type_has_cases():
+    assert {c["type"] for c, _, _ in CASES} == set(RULES)
+
+
+def test_loose_forgives_a_preamble_and_markdown():
+    c = parse_constraint({"type": "starts_with", "text": "Honestly"}, "t")
+    response = "Sure! Here is my answer:\nHonestly, yes."
+    assert not check(c, response) and check_loose(c, response)
+    lc = parse_constraint({"type": "lowercase"}, "t")
+    assert check_loose(lc, "Here you go:\nall lowercase here")
+    assert "**bold**".replace("*", "") in loose_variants("**bold**")
+
+
+@pytest.mark.parametrize("bad,where", [
+    ({"type": "wordz", "max": 3}, "type"),
+    ({"type": "words"}, "needs min or max"),
+    ({"type": "words", "max": "3"}, "max"),
+    ({"type": "words", "max": True}, "max"),
+    ({"type": "bullets"}, "count"),
+    ({"type": "bullets", "count": 2, "extra": 1}, "extra"),
+    ({"type": "include_keywords", "words": []}, "words"),
+    ({"type": "include_keywords", "words": ["a"], "match": "fuzzy"}, "match"),
+    (["words"], "mapping"),
+])
+def test_malformed_constraints_are_refused(bad, where):
+    with pytest.raises(UserError, match=where):
+        parse_constraint(bad, "items.jsonl:1")
