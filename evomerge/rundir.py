@@ -71,3 +71,39 @@ def new_info(name: str, space_path: Path, seed: int, workers: int, n_layers: int
 
     return RunInfo(name, str(space_path.resolve()), space_path.read_text(), seed, workers, n_layers, time.time(),
                    __version__)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (flock on RUN/lock), so two processes never drive one run.
+
+    The lock dies with its process (a kill -9 releases it), so a crashed run can always be resumed.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "lock"
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(str(self.path.parent), f"the run is in use by {owner}",
+                            "wait for it to finish, or stop that process first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
