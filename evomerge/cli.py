@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from evomerge.errors import UserError
 
 EPILOG = """commands:
   merge RECIPE OUT_DIR     merge models from a mergekit-format YAML recipe into OUT_DIR
-  search SPACE             evolutionary search over a search space (Ray workers, Optuna study in RUNS_DIR/NAME)
-  export RUN               write the best recipe (mergekit YAML) and merged model of a run
-  eval MODEL --eval-set D  score one model directory on eval sets
+  search SPACE             evolutionary search over a search space (Ray workers, Optuna study in RUNS_DIR/NAME;
+                           --dry-run: the backend and memory plan only)
+  resume RUN               continue a run from its directory (after a crash, kill -9, Ctrl-C or a spent budget)
+  status RUN               counts, best trials, finalists' holdout scores, the Pareto front
+  dashboard RUN            optuna-dashboard on the run's study (127.0.0.1 unless --host)
+  plot RUN                 PNGs: fitness over evaluations, per-set curves, best genome per layer, Pareto front
+  export RUN               write the best recipe (mergekit YAML) and merged model of a run (best on holdout when
+                           finalists were re-checked)
+  eval MODEL --eval-set D  score one model directory (or recipe) on eval sets
+  evalset pull SOURCE      turn a public dataset (belebele, xstorycloze, ifeval, flores) into a local eval set
   quickstart               build tiny models, search, export: the whole flow on a CPU in minutes
   space show SPACE         dimensions, genes, seeds and the recipe at a point (reads config.json files only)
 """
@@ -29,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge models from a mergekit-format YAML recipe")
     m.add_argument("recipe", type=Path, help="mergekit-format YAML (models: form)")
     m.add_argument("out_dir", type=Path, help="output model directory (written atomically)")
+    m.add_argument("--allow-pickle", action="store_true",
+                   help="read pickle checkpoints (*.bin) too, weights-only (refused by default: unpickling can run code)")
 
     s = sub.add_parser("search", help="run an evolutionary search over a search space")
     s.add_argument("space", type=Path, help="search-space YAML (see search_spaces/)")
@@ -39,19 +47,77 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--generations", type=int, help="override the space's search.generations")
     s.add_argument("--popsize", type=int, help="override the space's search.popsize")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--allow-test-splits", action="store_true",
+                   help="search on eval sets whose dev items are a known benchmark's test data (refused by default)")
+    s.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                   help="scoring backend: vllm (an engine per worker, weights swapped in place), hf (transformers) "
+                        "or auto (default: vllm with a GPU and vllm installed, else hf)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the dimensions, workers, backend and each worker's memory plan, then stop")
+    s.add_argument("--optimizer", choices=["cmaes", "tpe", "gp", "nsga2", "optuna-cmaes", "random"],
+                   help="override the space's search.optimizer")
+    s.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:PORT) instead of a local one")
+    _budget_flags(s)
+
+    rs = sub.add_parser("resume", help="continue a run from its directory")
+    rs.add_argument("run", type=Path, help="run directory, e.g. runs/q")
+    rs.add_argument("--workers", type=int, help="Ray workers (default: as the run was started)")
+    rs.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"], help="scoring backend (default auto)")
+    rs.add_argument("--generations", type=int, help="raise the number of generations")
+    rs.add_argument("--address", help="join an existing Ray cluster instead of a local one")
+    rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rs.add_argument("--allow-test-splits", action="store_true", help="as for search")
+    _budget_flags(rs)
+
+    st = sub.add_parser("status", help="what a run has done so far")
+    st.add_argument("run", type=Path, help="run directory")
+    st.add_argument("--top", type=int, default=5, help="how many best trials to list (default 5)")
+
+    db = sub.add_parser("dashboard", help="optuna-dashboard on a run's study")
+    db.add_argument("run", type=Path, help="run directory")
+    db.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    db.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    pt = sub.add_parser("plot", help="write PNGs of a run")
+    pt.add_argument("run", type=Path, help="run directory")
+    pt.add_argument("--out", type=Path, help="output directory (default RUN/plots)")
 
     e = sub.add_parser("export", help="export the best recipe and merged model of a run")
     e.add_argument("run", type=Path, help="run directory, e.g. runs/q")
     e.add_argument("--out", type=Path, help="output directory (default: RUN/export)")
     e.add_argument("--recipe-only", action="store_true", help="write the recipe YAML only, not the model")
 
-    v = sub.add_parser("eval", help="score one model directory on eval sets")
-    v.add_argument("model", type=Path, help="Hugging Face model directory")
+    v = sub.add_parser("eval", help="score one model directory (or a recipe, merged first) on eval sets")
+    v.add_argument("model", type=Path, help="Hugging Face model directory, or a mergekit recipe YAML")
     v.add_argument("--eval-set", action="append", required=True, type=Path, help="eval-set directory (repeatable)")
     v.add_argument("--split", default="dev", choices=["dev", "holdout"], help="which split (default dev)")
     v.add_argument("--max-items", type=int, help="a seeded subset of at most this many items per set")
     v.add_argument("--seed", type=int, default=0, help="seed of the item subset (default 0)")
+    v.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32; bfloat16 on GPUs)")
+    v.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    v.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                   help="scoring backend: hf, vllm (merges a recipe in memory) or auto (default: vllm with a GPU "
+                        "and vllm installed, else hf)")
     v.add_argument("--json", action="store_true", help="print JSON")
+
+    es = sub.add_parser("evalset", help="eval-set tools")
+    essub = es.add_subparsers(dest="evalset_command", required=True, metavar="SUBCOMMAND")
+    pl = essub.add_parser("pull", help="turn a public dataset into a local eval set (the only step needing the Hub)")
+    pl.add_argument("source", help="belebele, xstorycloze, ifeval or flores")
+    pl.add_argument("--lang", required=True, help="language code: eu, ca, gl, es, en")
+    pl.add_argument("--dev", type=int, default=100, help="dev items (default 100)")
+    pl.add_argument("--holdout", type=int, default=300, help="holdout items (default 300)")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the dev/holdout split (default 0)")
+    pl.add_argument("--few-shot", type=int, default=0, help="few-shot examples per prompt (default 0)")
+    pl.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                    help="use the chat template (default: the source's choice)")
+    pl.add_argument("--out", type=Path, default=Path("eval_sets"), help="where eval sets live (default eval_sets/)")
+    pl.add_argument("--name", help="eval-set name (default SOURCE_LANG)")
+    pl.add_argument("--from", dest="local", type=Path,
+                    help="read rows from DIR/<split>.jsonl|parquet|csv instead of the Hub")
+    pl.add_argument("--force", action="store_true", help="overwrite an existing eval set")
 
     sp = sub.add_parser("space", help="inspect search spaces")
     spsub = sp.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
@@ -68,37 +134,91 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-evals", type=int, help="stop after this many evaluations in all (resume continues)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall time (resume continues)")
+    p.add_argument("--target", type=float, help="stop once the fitness reaches this value")
+    p.add_argument("--finalists", type=int, help="top trials re-scored on holdout at the end (default: the space's, 3)")
+
+
+def _search_opts(args: argparse.Namespace, name: str):
+    from evomerge.search import SearchOptions
+
+    for flag in ("workers", "max_evals", "finalists", "generations", "popsize"):
+        v = getattr(args, flag, None)
+        if v is not None and v < (0 if flag == "finalists" else 1):
+            raise UserError(f"--{flag.replace('_', '-')}", f"must be {'>= 0' if flag == 'finalists' else 'positive'}", "")
+    return SearchOptions(name=name, runs_dir=getattr(args, "runs_dir", Path("runs")), seed=getattr(args, "seed", 0),
+                         workers=args.workers or 0, generations=args.generations,
+                         popsize=getattr(args, "popsize", None), progress=not args.no_progress,
+                         allow_test_splits=args.allow_test_splits, backend=args.backend,
+                         optimizer=getattr(args, "optimizer", None), max_evals=args.max_evals,
+                         max_minutes=args.max_minutes, target=args.target, finalists=args.finalists,
+                         address=args.address)
+
+
+def _print_summary(summary) -> None:
+    print(f"{summary.n_complete} completed, {summary.n_failed} failed; best fitness "
+          f"{'-' if summary.best_value is None else f'{summary.best_value:.6f}'} (trial {summary.best_trial})"
+          + ("" if summary.stopped == "done" else f"; stopped: {summary.stopped} (continue with evomerge resume "
+             f"{summary.run_dir})"))
+    print(f"study: {summary.run_dir / 'study.db'}   export with: evomerge export {summary.run_dir}")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         from evomerge.merge import merge_to_disk
         from evomerge.recipe import load_recipe_yaml
 
-        report = merge_to_disk(load_recipe_yaml(args.recipe), args.out_dir)
+        report = merge_to_disk(load_recipe_yaml(args.recipe), args.out_dir, allow_pickle=args.allow_pickle)
         print(f"merged {report.n_tensors} tensors into {report.out_dir} in {report.seconds:.1f} s")
     elif args.command == "search":
-        from evomerge.search import SearchOptions, run_search
+        from evomerge.search import plan_search, run_search
 
-        opts = SearchOptions(name=args.name or args.space.stem, runs_dir=args.runs_dir, seed=args.seed,
-                             workers=args.workers, generations=args.generations, popsize=args.popsize,
-                             progress=not args.no_progress)
+        opts = _search_opts(args, args.name or args.space.stem)
+        if args.dry_run:
+            print(plan_search(args.space, opts))
+            return 0
         summary = run_search(args.space, opts)
-        print(f"{summary.n_complete} completed, {summary.n_failed} failed; best fitness "
-              f"{summary.best_value if summary.best_value is not None else '-'} (trial {summary.best_trial})")
-        print(f"study: {summary.run_dir / 'study.db'}   export with: evomerge export {summary.run_dir}")
+        _print_summary(summary)
+        return 130 if summary.stopped == "interrupted" else 0
+    elif args.command == "resume":
+        from evomerge.search import resume_search
+
+        summary = resume_search(args.run, _search_opts(args, ""))
+        _print_summary(summary)
+        return 130 if summary.stopped == "interrupted" else 0
+    elif args.command == "status":
+        from evomerge.status import render, run_status
+
+        print(render(run_status(args.run, args.top)))
+    elif args.command == "dashboard":
+        from evomerge.dashboard import serve
+
+        serve(args.run, args.host, args.port)
+    elif args.command == "plot":
+        from evomerge.plots import plot_run
+
+        paths = plot_run(args.run, args.out)
+        print("\n".join(str(p) for p in paths) if paths else "no completed trial to plot yet")
     elif args.command == "export":
         from evomerge.export import export_run
 
         r = export_run(args.run, args.out, with_model=not args.recipe_only)
         print(f"trial {r.trial} (fitness {r.value:.6f}): recipe {r.recipe_path}" + (f", model {r.model_dir}" if r.model_dir else ""))
     elif args.command == "eval":
-        from evomerge.evaluation import score_model_dir
+        from evomerge.backends.select import score_target
+        from evomerge.evaluation import format_scores
 
-        scores = score_model_dir(str(args.model), [str(p) for p in args.eval_set], args.split, args.max_items, args.seed)
-        if args.json:
-            print(json.dumps({k: asdict(v) for k, v in scores.items()}, indent=2))
-        else:
-            for name, s in scores.items():
-                print(f"{name:30s} acc {s.acc:.4f}  gold_prob {s.gold_prob:.4f}  n {s.n}")
+        scores = score_target(args.model, [str(p) for p in args.eval_set], args.backend, args.split, args.max_items,
+                              args.seed, args.device, args.dtype, args.batch_size)
+        print(json.dumps({k: v.as_dict() for k, v in scores.items()}, indent=2) if args.json else format_scores(scores))
+    elif args.command == "evalset":
+        from evomerge.evalsources import PullOptions, pull
+
+        opts = PullOptions(args.lang, args.dev, args.holdout, args.seed, args.few_shot, args.chat)
+        r = pull(args.source, opts, args.out, args.name, args.local, args.force)
+        print(f"wrote {r.path}: {r.n_dev} dev, {r.n_holdout} holdout items" + "".join(f"; {n}" for n in r.notes))
     elif args.command == "space":
         from evomerge import spaceview
         from evomerge.hub import check_configs

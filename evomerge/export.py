@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.errors import UserError
-from evomerge.ledger import Ledger
+from evomerge.ledger import Ledger, fitness_of
 from evomerge.merge import merge_to_disk
 from evomerge.recipe import dump_recipe_yaml
 from evomerge.rundir import read_run, write_atomic
@@ -34,18 +34,23 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
         best = ledger.best()
     except ValueError:
         raise UserError(str(run_dir), "no completed trial to export", "run or resume the search first") from None
+    holdout = ledger.holdout().get(best.number)
+    value = fitness_of(best)
     recipe = space.recipe(best.params, info.n_layers)
     out = Path(out_dir) if out_dir else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / "recipe.yaml"
-    header = [f"evomerge run {info.name!r}, trial {best.number}, fitness {best.value:.6f} (dev split)",
+    picked = (f"holdout fitness {holdout['fitness']:.6f} (best of the finalists re-scored on holdout), dev {value:.6f}"
+              if holdout else f"fitness {value:.6f} (dev split)")
+    header = [f"evomerge run {info.name!r}, trial {best.number}, {picked}",
               f"reproduce with: evomerge merge {recipe_path} OUT_DIR   (or: mergekit-yaml {recipe_path} OUT_DIR)"]
     write_atomic(recipe_path, dump_recipe_yaml(recipe, header))
     model_dir = None
     if with_model:
         model_dir = merge_to_disk(recipe, out / "model").out_dir
-    manifest = {"run": info.name, "trial": best.number, "value": best.value, "params": best.params,
+    manifest = {"run": info.name, "trial": best.number, "value": value,
+                "holdout": holdout["fitness"] if holdout else None, "params": best.params,
                 "scores": best.user_attrs.get("scores"), "seed": info.seed, "evomerge": info.evomerge,
                 "recipe": str(recipe_path), "model": str(model_dir) if model_dir else None}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
-    return ExportResult(recipe_path, model_dir, best.number, float(best.value))
+    return ExportResult(recipe_path, model_dir, best.number, value)

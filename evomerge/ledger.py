@@ -1,9 +1,16 @@
-"""The run's ledger: an Optuna study in SQLite (`runs/<name>/study.db`), one trial per evaluated candidate.
+"""The run's ledger: an Optuna study in SQLite (`runs/<name>/study.db`), one trial per dispatched candidate.
 
-Trials are created when a candidate is dispatched (state RUNNING, so optuna-dashboard shows work in flight) and
-finished when its result arrives: COMPLETE with the fitness as value, or FAIL with the reason in user attribute
-`error`. Params are the gene values (FloatDistribution over each gene's bounds); user attributes hold the per-set
-scores, the unit-box vector, the generation, the worker and timings.
+Rules the rest of the code relies on:
+- a trial is created when its candidate is handed to a worker (RUNNING, so optuna-dashboard shows work in flight)
+  and finished when the result arrives: COMPLETE with its objective values, or FAIL with the reason in user
+  attribute `error`; finished trials are never changed;
+- params are the gene values (FloatDistribution over each gene's bounds); user attributes hold `generation`,
+  `index` (position in the optimizer's ask), `genome` (unit-box vector), `fitness` (the scalar the single-objective
+  optimizers see), `objectives`, per-set `scores`, `worker`, timings, and `seed_candidate` / `duplicate_of` where
+  they apply;
+- trials a dead driver left RUNNING are failed on resume and listed in the study attribute `interrupted`; their
+  candidates are evaluated again as new trials;
+- holdout re-checks of finalists live in study attributes `holdout:<trial number>` (finished trials are immutable).
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
 
 
+def _storage(run_dir: Path):
+    import optuna
+
+    # a generous lock timeout: the dashboard may read while the driver writes
+    return optuna.storages.RDBStorage(storage_url(run_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 class Ledger:
     """Append-only record of a run's trials."""
 
@@ -33,17 +47,24 @@ class Ledger:
         self._open: dict[int, Any] = {}
 
     @classmethod
-    def open(cls, run_dir: Path, name: str, genes: Sequence[Gene], *, create: bool) -> "Ledger":
+    def open(cls, run_dir: Path, name: str, genes: Sequence[Gene], *, create: bool,
+             objectives: Sequence[str] = ("fitness",)) -> "Ledger":
+        """Create (create=True) or load a run's study; `objectives` names the study's values (all maximized)."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = storage_url(run_dir)
+        storage = _storage(run_dir)
         if create:
-            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+            study = optuna.create_study(study_name=name, storage=storage, directions=["maximize"] * len(objectives),
                                         sampler=optuna.samplers.RandomSampler(seed=0))
+            study.set_metric_names(list(objectives))
         else:
             study = optuna.load_study(study_name=name, storage=storage)
         return cls(study, genes)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
 
     def _distributions(self) -> dict[str, Any]:
         from optuna.distributions import FloatDistribution
@@ -61,8 +82,8 @@ class Ledger:
         self._open[trial.number] = trial
         return trial.number
 
-    def finish(self, result: CandidateResult, fitness: float | None) -> None:
-        """Close a trial: COMPLETE with its fitness, or FAIL with the reason."""
+    def finish(self, result: CandidateResult, values: Sequence[float] | None, attrs: Mapping[str, Any] = {}) -> None:
+        """Close a trial: COMPLETE with its objective values, or FAIL with the reason."""
         import optuna
 
         trial = self._open.pop(result.number)
@@ -70,12 +91,65 @@ class Ledger:
         trial.set_user_attr("merge_seconds", round(result.merge_seconds, 4))
         trial.set_user_attr("score_seconds", round(result.score_seconds, 4))
         trial.set_user_attr("scores", {name: asdict(s) for name, s in result.scores.items()})
-        if result.ok and fitness is not None and math.isfinite(fitness):
-            self.study.tell(trial, fitness)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if result.ok and values is not None and all(math.isfinite(v) for v in values):
+            self.study.tell(trial, list(values) if self.multi_objective else values[0])
         else:
-            trial.set_user_attr("error", result.error or f"non-finite fitness {fitness}")
+            trial.set_user_attr("error", result.error or f"non-finite objective values {values}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def best(self):
-        """The completed trial with the highest fitness."""
-        return self.study.best_trial
+    def record_duplicate(self, values: Mapping[str, float], attrs: Mapping[str, Any], of) -> int:
+        """A candidate equal to an evaluated one: recorded with that trial's result, not evaluated again."""
+        number = self.start(values, {**attrs, "duplicate_of": of.number})
+        trial = self._open.pop(number)
+        for key in ("fitness", "objectives", "scores"):
+            if key in of.user_attrs:
+                trial.set_user_attr(key, of.user_attrs[key])
+        self.study.tell(trial, list(of.values) if self.multi_objective else of.values[0])
+        return number
+
+    def fail_interrupted(self) -> list[int]:
+        """Fail the trials a dead driver left RUNNING (they are re-asked) and remember which they were."""
+        import optuna
+
+        running = [t.number for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        for number in running:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+        if running:
+            self.study.set_user_attr("interrupted", sorted(set(self.interrupted()) | set(running)))
+        return running
+
+    def interrupted(self) -> list[int]:
+        return list(self.study.user_attrs.get("interrupted", []))
+
+    def trials(self):
+        """Every trial, oldest first."""
+        return self.study.get_trials(deepcopy=False)
+
+    def set_holdout(self, number: int, fitness: float, scores: Mapping[str, Any]) -> None:
+        """Record a finalist's re-check on the holdout split."""
+        self.study.set_user_attr(f"holdout:{number}", {"fitness": fitness, "scores": dict(scores)})
+
+    def holdout(self) -> dict[int, dict[str, Any]]:
+        """Finalists' holdout re-checks by trial number."""
+        return {int(k.split(":", 1)[1]): v for k, v in self.study.user_attrs.items() if k.startswith("holdout:")}
+
+    def best(self, by_holdout: bool = True):
+        """The trial export takes: the best holdout re-check when finalists were re-scored, else the completed
+        trial with the highest scalar fitness (its dev score). Raises ValueError when nothing completed."""
+        import optuna
+
+        done = [t for t in self.trials() if t.state == optuna.trial.TrialState.COMPLETE]
+        if not done:
+            raise ValueError("no completed trial")
+        hold = self.holdout() if by_holdout else {}
+        if hold:
+            number = max(hold, key=lambda n: hold[n]["fitness"])
+            return next(t for t in done if t.number == number)
+        return max(done, key=fitness_of)
+
+
+def fitness_of(trial) -> float:
+    """A completed trial's scalar fitness (single-objective studies store it as the value too)."""
+    return float(trial.user_attrs.get("fitness", trial.values[0]))

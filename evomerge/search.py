@@ -1,45 +1,61 @@
-"""The search loop: ask the optimizer -> dispatch candidates to Ray workers -> record each result -> tell.
+"""The search loop: ask the optimizer -> dispatch candidates to free Ray workers -> record each result -> tell.
 
-Every candidate becomes a trial of the run's Optuna study the moment it is dispatched, and is closed the moment its
-result arrives, so the study is always the up-to-date record of the run.
+One loop serves a fresh run and a resumed one. On resume the ledger is replayed: the optimizer is rebuilt under the
+run's seed and each recorded generation is asked again and told its recorded results (pycma asks the same points
+again; Optuna samplers get the recorded trials added), so it reaches the state it would have had; only candidates
+with no finished trial (never dispatched, or left RUNNING by a dead driver) are evaluated.
+
+Noise and cost: every candidate sees the same items (one seeded subset per run); a genome equal to an evaluated one
+is recorded with that result instead of being evaluated again; at the end the top `finalists` trials are
+re-scored on the holdout split and export picks by holdout.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections import deque
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from evomerge.backends.select import plan_for_space
 from evomerge.errors import UserError
-from evomerge.fitness import scalar_fitness
+from evomerge.fitness import Objective, Term, objectives as compute_objectives, parse_objectives, scalarize
 from evomerge.genome import Genome
-from evomerge.ledger import Ledger
-from evomerge.optimizer import CmaEs
-from evomerge.rundir import create_run, new_info
 from evomerge.hub import check_configs
+from evomerge.ledger import Ledger, fitness_of
+from evomerge.optimizers import CmaEs, make_optimizer
+from evomerge.rundir import RunInfo, RunLock, create_run, new_info, read_run
 from evomerge.space import Space, load_space
 from evomerge.worker import Candidate, CandidateResult, EvaluatorSpec
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How to run a search (command-line flags)."""
+    """How to run a search (command-line flags; None means "as the space says")."""
 
     name: str
     runs_dir: Path = Path("runs")
     seed: int = 0
     workers: int = 1
-    generations: int | None = None  # None: the space's search.generations
+    generations: int | None = None
     popsize: int | None = None
     progress: bool = True
+    allow_test_splits: bool = False  # search on a known benchmark's test items (refused by default)
+    backend: str = "auto"  # auto (vLLM with a GPU and vllm, else hf), hf or vllm
+    optimizer: str | None = None
+    max_evals: int | None = None
+    max_minutes: float | None = None
+    target: float | None = None
+    finalists: int | None = None
+    address: str | None = None  # an existing Ray cluster ("auto" or host:port); None: a local instance
 
 
 @dataclass(frozen=True)
 class SearchSummary:
-    """What a finished search did."""
+    """What a search (or a resumed stretch of it) did."""
 
     run_dir: Path
     n_complete: int
@@ -47,6 +63,7 @@ class SearchSummary:
     best_value: float | None
     best_trial: int | None
     best_per_generation: tuple[float | None, ...]
+    stopped: str = "done"  # done | max_evals | max_minutes | target | interrupted
 
 
 def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
@@ -67,108 +84,369 @@ def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
 
 
 def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
-    """Run a whole search and return its summary; results are in `runs_dir/name/study.db`."""
+    """Start a run and drive it; results are in `runs_dir/name/study.db`."""
     space = load_space(space_path)
     if opts.workers < 1:
         raise UserError("--workers", "must be at least 1", "e.g. --workers 2")
     ensure_models(space)
     n_layers = check_configs(space).n_layers
-    genome = Genome(tuple(space.expand(n_layers)))
-    generations = opts.generations or space.search.generations
-    popsize = opts.popsize or space.search.popsize
-    metrics, weights = _set_metrics(space)  # validates the eval sets before anything is written
+    _objectives(space, opts.allow_test_splits)  # validates eval sets and objectives before anything is written
     run_dir = Path(opts.runs_dir) / opts.name
-    create_run(run_dir, new_info(opts.name, Path(space_path), opts.seed, opts.workers, n_layers))
-    ledger = Ledger.open(run_dir, opts.name, genome.genes, create=True)
-    optimizer = CmaEs(genome.initial(), genome.stds(), popsize=popsize, seed=opts.seed,
-                      sigma0=space.search.sigma0 or 1.0)
+    info = new_info(opts.name, Path(space_path), opts.seed, opts.workers, n_layers)
+    create_run(run_dir, info)
+    return _drive(run_dir, info, space, opts, fresh=True)
 
-    template = space.recipe({g.name: g.init for g in genome.genes}, n_layers).to_mergekit()
-    spec = EvaluatorSpec(template, tuple(e.path for e in space.eval_sets), space.eval_split, space.max_items,
-                         opts.seed, threads=max(1, (os.cpu_count() or 1) // opts.workers))
 
-    import ray
-    from tqdm import tqdm
+def resume_search(run_dir: str | Path, opts: SearchOptions) -> SearchSummary:
+    """Continue a run from its directory alone (after a crash, Ctrl-C, kill -9 or a spent budget)."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    space = info.space()
+    ensure_models(space)
+    opts = replace(opts, name=info.name, seed=info.seed, runs_dir=run_dir.parent, workers=opts.workers or info.workers)
+    return _drive(run_dir, info, space, opts, fresh=False)
 
-    from evomerge.worker import actor_class
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=opts.workers, include_dashboard=False, log_to_driver=False, configure_logging=True,
-             logging_level="ERROR")
-    try:
-        actor = actor_class(num_cpus=1)
-        actors = [actor.remote(spec, f"worker-{i}") for i in range(opts.workers)]
-        bar = tqdm(total=generations * popsize, desc=f"search {opts.name}", unit="cand", disable=not opts.progress,
+def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
+    """What `evomerge search --dry-run` prints: dimensions, workers, backend and each worker's memory plan. Reads
+    the space, its eval sets and the models' config.json files; builds, loads and starts nothing."""
+    space = load_space(space_path)
+    n_layers = check_configs(space).n_layers
+    genome = Genome(tuple(space.expand(n_layers)))
+    objs, _, _ = _objectives(space, opts.allow_test_splits)
+    choice, memory = plan_for_space(opts.backend, space, n_layers, opts.workers)
+    popsize = opts.popsize or space.search.popsize
+    generations = opts.generations or space.search.generations
+    return "\n".join([f"{space_path}: {len(genome.genes)} dimensions, {n_layers} layers, {space.method} "
+                      f"({space.dtype}); {opts.optimizer or space.search.optimizer}, {generations} generations of "
+                      f"{popsize}; {opts.workers} worker(s)",
+                      "objectives: " + ", ".join(o.name for o in objs),
+                      str(choice), memory.describe()])
+
+
+def _objectives(space: Space, allow_test_splits: bool) -> tuple[tuple[Objective, ...], dict[str, float], Any]:
+    """Load the eval sets (guarding test splits) and build the objectives: declared ones, or one per eval set
+    (its card's metric) weighted as the space says."""
+    from evomerge.evalsets import guard_test_splits, load_evalset
+
+    sets = [load_evalset(ref.path) for ref in space.eval_sets]
+    if space.eval_split == "dev":
+        guard_test_splits(sets, allow_test_splits)
+    cards = {es.name: es.card for es in sets}
+    if space.search.objectives:
+        objs = parse_objectives(space.search.objectives, f"{space.source}: search.objectives", cards)
+        weights = dict(space.search.objective_weights or {o.name: 1.0 for o in objs})
+    else:
+        objs = tuple(Objective(es.name, (Term(es.name, es.card.metric),)) for es in sets)
+        weights = {es.name: ref.weight for es, ref in zip(sets, space.eval_sets)}
+    return objs, weights, cards
+
+
+class _Stop(Exception):
+    """Raised inside the loop to end the run early with a reason."""
+
+
+def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, fresh: bool) -> SearchSummary:
+    n_layers = info.n_layers
+    genome = Genome(tuple(space.expand(n_layers)))
+    st = space.search
+    generations = opts.generations or st.generations
+    popsize = opts.popsize or st.popsize
+    opt_name = opts.optimizer or st.optimizer
+    max_evals = opts.max_evals or st.max_evals
+    max_minutes = opts.max_minutes or st.max_minutes
+    target = opts.target if opts.target is not None else st.target
+    finalists = opts.finalists if opts.finalists is not None else st.finalists
+    objs, weights, _ = _objectives(space, opts.allow_test_splits)
+    multi = opt_name == "nsga2"
+    names = [o.name for o in objs] if multi else ["fitness"]
+
+    with RunLock(run_dir):
+        ledger = Ledger.open(run_dir, info.name, genome.genes, create=fresh, objectives=names)
+        if not fresh:
+            left = ledger.fail_interrupted()
+            if left:
+                print(f"{len(left)} trial(s) left running by the previous driver were failed and will be re-asked")
+        optimizer = make_optimizer(opt_name, x0=genome.initial(), stds=genome.stds(), popsize=popsize,
+                                   seed=info.seed, n_objectives=len(names), sigma0=st.sigma0 or 1.0,
+                                   restarts=st.restarts)
+        pool = _Pool(space, info, opts, n_layers)
+        loop = _Loop(space, genome, ledger, optimizer, pool, objs, weights, st.scalarize, multi, opts.progress)
+        started = time.monotonic()
+        stopped = "done"
+        try:
+            stopped = loop.run(generations, popsize, max_evals, max_minutes, target, started)
+            if stopped != "interrupted" and finalists > 0:
+                loop.recheck_finalists(finalists)
+        finally:
+            pool.close()
+        return loop.summary(run_dir, stopped)
+
+
+class _Pool:
+    """Ray workers, started on first use (a fully replayed resume needs none)."""
+
+    def __init__(self, space: Space, info: RunInfo, opts: SearchOptions, n_layers: int) -> None:
+        self.space, self.info, self.opts, self.n_layers = space, info, opts, n_layers
+        self.actors: list = []
+        self.ray = None
+
+    def start(self) -> None:
+        if self.actors:
+            return
+        import ray
+
+        from evomerge.worker import actor_class
+
+        choice, memory = plan_for_space(self.opts.backend, self.space, self.n_layers, self.opts.workers)
+        print(choice if memory.fits else f"{choice}; memory plan: DOES NOT FIT: {memory.reason}")
+        g0 = {g.name: g.init for g in self.space.expand(self.n_layers)}
+        template = self.space.recipe(g0, self.n_layers).to_mergekit()
+        spec = EvaluatorSpec(template, tuple(e.path for e in self.space.eval_sets), self.space.eval_split,
+                             self.space.max_items, self.info.seed,
+                             threads=max(1, (os.cpu_count() or 1) // self.opts.workers), backend=choice.name,
+                             memory=memory)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                                      logging_level="ERROR")
+        try:
+            if self.opts.address:
+                ray.init(address=self.opts.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.opts.workers, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise UserError("--address", f"cannot join the Ray cluster ({e})", "check the address, or drop --address") from None
+        self.ray = ray
+        actor = actor_class(num_cpus=1, num_gpus=memory.tensor_parallel if memory.device == "cuda" else 0)
+        self.actors = [actor.remote(spec, f"worker-{i}") for i in range(self.opts.workers)]
+
+    def run(self, queue: list, start: Callable[[Any], Candidate], should_stop: Callable[[], bool]):
+        """Hand candidates to whichever worker is free (a trial is opened at hand-over); yield (item, result) as
+        results come back. Stops handing out when should_stop() turns true; in-flight results still come back."""
+        self.start()
+        ray = self.ray
+        idle = list(self.actors)
+        inflight: dict = {}
+        while (queue and not should_stop()) or inflight:
+            while queue and idle and not should_stop():
+                item = queue.pop(0)
+                actor = idle.pop()
+                cand = start(item)
+                inflight[actor.evaluate.remote(cand)] = (actor, item, cand)
+            if not inflight:
+                break
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                actor, item, cand = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a dead worker fails its candidate, not the run
+                    result = CandidateResult(cand.number, error=f"worker failed: {type(e).__name__}: {e}"[:500])
+                idle.append(actor)
+                yield item, result
+
+    def close(self) -> None:
+        if self.ray is not None:
+            self.ray.shutdown()
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What dedup needs of an evaluated candidate (the shape of an Optuna FrozenTrial's fields it reads)."""
+
+    number: int
+    values: list[float]
+    user_attrs: dict
+
+
+@dataclass
+class _Item:
+    gen: int
+    index: int
+    x: list[float]
+    values: dict[str, float]
+    seed_name: str | None
+
+
+class _Loop:
+    def __init__(self, space, genome, ledger, optimizer, pool, objs, weights, how, multi, progress) -> None:
+        self.space, self.genome, self.ledger, self.optimizer, self.pool = space, genome, ledger, optimizer, pool
+        self.objs, self.weights, self.how, self.multi, self.progress = objs, weights, how, multi, progress
+        self.per_gen: list[float | None] = []
+        self.evaluated = 0
+        self.interrupted = False
+
+    def _key(self, values) -> tuple:
+        return tuple(round(float(values[g.name]), 10) for g in self.genome.genes)
+
+    def _outcome(self, scores) -> tuple[list[float], float, dict[str, float]]:
+        objs = compute_objectives(scores, self.objs)
+        fit = scalarize(objs, self.weights, self.how)
+        return ([objs[o.name] for o in self.objs] if self.multi else [fit]), fit, objs
+
+    def run(self, generations, popsize, max_evals, max_minutes, target, started) -> str:
+        import optuna
+        from tqdm import tqdm
+
+        n_layers = self.pool.n_layers
+        trials = self.ledger.trials()
+        interrupted = set(self.ledger.interrupted())
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        record = {(t.user_attrs.get("generation"), t.user_attrs.get("index")): t for t in trials
+                  if t.state in finished and t.number not in interrupted and "generation" in t.user_attrs}
+        cache = {self._key(t.params): t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+        self.evaluated = sum(1 for t in trials if t.state in finished and "duplicate_of" not in t.user_attrs)
+        best = max((fitness_of(t) for t in cache.values()), default=None)
+        replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
+        pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers))) for s in self.space.seeds]
+        bar = tqdm(total=generations * popsize, desc="search", unit="cand", disable=not self.progress,
                    file=sys.stderr, dynamic_ncols=True)
-        best, per_gen, n_ok, n_fail = None, [], 0, 0
-        # seed candidates (the paper's settings) go first: pycma returns injected points at the head of ask()
-        pending = [(s.name, genome.encode(space.seed_values(s, n_layers))) for s in space.seeds]
-        for gen in range(generations):
-            batch, pending = pending[:popsize], pending[popsize:]
-            if batch:
-                optimizer.inject([x for _, x in batch])
-            xs = optimizer.ask()
-            fitness: dict[int, float | None] = {}
-            order = []
-            queue = deque()
-            for i, x in enumerate(xs):
-                values = genome.decode(x)
-                recipe = space.recipe(values, n_layers).to_mergekit()
-                attrs = {"generation": gen, "index": i, "genome": x}
-                if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:  # pycma nudges points on a bound
-                    attrs["seed_candidate"] = batch[i][0]
-                number = ledger.start(values, attrs)
-                order.append(number)
-                queue.append(Candidate(number, recipe))
-            for result in _dispatch(ray, actors, queue):
-                value = None
-                if result.ok:
-                    value = scalar_fitness(result.scores, metrics, weights)
-                ledger.finish(result, value)
-                fitness[result.number] = value if result.ok else None
-                n_ok, n_fail = n_ok + result.ok, n_fail + (not result.ok)
-                if value is not None and (best is None or value > best):
-                    best = value
-                bar.update(1)
-                bar.set_postfix(best=f"{best:.4f}" if best is not None else "-", failed=n_fail)
-            optimizer.tell(xs, [fitness[n] for n in order])
-            gen_best = max((v for v in fitness.values() if v is not None), default=None)
-            per_gen.append(gen_best)
-            bar.write(f"generation {gen + 1}/{generations}: best {_fmt(gen_best)}, best so far {_fmt(best)}")
-        bar.close()
-    finally:
-        ray.shutdown()
-    best_trial = ledger.best().number if n_ok else None
-    return SearchSummary(run_dir, n_ok, n_fail, best, best_trial, tuple(per_gen))
+        stop = {"why": None}
 
+        def should_stop() -> bool:
+            if self.interrupted:
+                stop["why"] = "interrupted"
+            elif max_evals is not None and self.evaluated >= max_evals:
+                stop["why"] = "max_evals"
+            elif max_minutes is not None and time.monotonic() - started > max_minutes * 60:
+                stop["why"] = "max_minutes"
+            elif target is not None and best is not None and best >= target:
+                stop["why"] = "target"
+            return stop["why"] is not None
 
-def _dispatch(ray, actors, queue: deque):
-    """Hand candidates to whichever worker is free; yield results as they come back."""
-    idle = list(actors)
-    inflight = {}
-    while queue or inflight:
-        while queue and idle:
-            actor, cand = idle.pop(), queue.popleft()
-            inflight[actor.evaluate.remote(cand)] = (actor, cand)
-        done, _ = ray.wait(list(inflight), num_returns=1)
-        for ref in done:
-            actor, cand = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a dead worker fails its candidate, not the run
-                result = CandidateResult(cand.number, error=f"worker failed: {type(e).__name__}: {e}"[:500])
-            idle.append(actor)
-            yield result
+        previous = signal.getsignal(signal.SIGINT)
 
+        def on_sigint(signum, frame):  # first Ctrl-C: finish in-flight candidates; second: abort at once
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            bar.write("interrupted: recording the candidates in flight, then stopping (Ctrl-C again aborts)")
 
-def _set_metrics(space: Space) -> tuple[dict[str, str], dict[str, float]]:
-    from evomerge.evalsets import load_evalset
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            for gen in range(generations):
+                batch, pending_seeds = pending_seeds[:popsize], pending_seeds[popsize:]
+                recorded = sorted((t for (g, _), t in record.items() if g == gen), key=lambda t: t.user_attrs["index"])
+                if batch:
+                    self.optimizer.inject([x for _, x in batch])
+                if not replayable and recorded:
+                    # Optuna samplers: their state is their trials, so the recorded ones are added back as they are
+                    self.optimizer.replay([t.user_attrs["genome"] for t in recorded], [self._told(t) for t in recorded])
+                    if len(recorded) >= popsize:
+                        self._note_gen(gen, recorded, bar)
+                        continue
+                    first = max(t.user_attrs["index"] for t in recorded) + 1
+                    items = list(enumerate(self.optimizer.ask(popsize - len(recorded)), start=first))
+                else:
+                    items = list(enumerate(self.optimizer.ask()))
+                told: dict[int, list[float] | None] = {}
+                queue: list[_Item] = []
+                for i, x in items:
+                    t = record.get((gen, i)) if replayable else None
+                    if t is not None:
+                        if max(abs(a - b) for a, b in zip(x, t.user_attrs["genome"])) > 1e-9:
+                            raise RuntimeError(f"replay diverged at generation {gen} (trial {t.number}): the "
+                                               "optimizer asked another point than the recorded one")
+                        told[i] = self._told(t)
+                        bar.update(1)
+                        continue
+                    values = self.genome.decode(x)
+                    seed_name = None
+                    if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:
+                        seed_name = batch[i][0]  # pycma nudges points lying on a bound
+                    dup = cache.get(self._key(values))
+                    if dup is not None:
+                        attrs = {"generation": gen, "index": i, "genome": x}
+                        self.ledger.record_duplicate(values, attrs, dup)
+                        told[i] = list(dup.values)
+                        bar.update(1)
+                        continue
+                    queue.append(_Item(gen, i, x, values, seed_name))
 
-    metrics, weights = {}, {}
-    for ref in space.eval_sets:
-        es = load_evalset(ref.path)
-        metrics[es.name], weights[es.name] = es.card.metric, ref.weight
-    return metrics, weights
+                def start(item: _Item) -> Candidate:
+                    attrs = {"generation": item.gen, "index": item.index, "genome": item.x}
+                    if item.seed_name:
+                        attrs["seed_candidate"] = item.seed_name
+                    number = self.ledger.start(item.values, attrs)
+                    return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit())
+
+                for item, result in self.pool.run(queue, start, should_stop):
+                    self.evaluated += 1
+                    if result.ok:
+                        vals, fit, objs = self._outcome(result.scores)
+                        self.ledger.finish(result, vals, {"fitness": fit, "objectives": objs})
+                        told[item.index] = vals
+                        cache[self._key(item.values)] = _Done(result.number, vals,
+                                                             {"fitness": fit, "objectives": objs, "scores":
+                                                              {n: asdict(sc) for n, sc in result.scores.items()}})
+                        best = fit if best is None or fit > best else best
+                    else:
+                        self.ledger.finish(result, None)
+                        told[item.index] = None
+                    bar.update(1)
+                    bar.set_postfix(best="-" if best is None else f"{best:.4f}")
+                if len(told) < len(items):  # stopped mid-generation: the rest waits for `evomerge resume`
+                    bar.write(f"stopped ({stop['why']}) in generation {gen + 1}; continue with `evomerge resume`")
+                    return stop["why"] or "interrupted"
+                self.optimizer.tell([x for _, x in items], [told[i] for i, _ in items])
+                done = [v for v in told.values() if v is not None]
+                gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
+                                if self.multi else v[0]) for v in done) if done else None
+                self.per_gen.append(gen_best)
+                bar.write(f"generation {gen + 1}/{generations}: best {_fmt(gen_best)}, best so far {_fmt(best)}")
+                if should_stop():
+                    return stop["why"]
+            return "done"
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+
+    def _told(self, trial) -> list[float] | None:
+        import optuna
+
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            return None
+        return list(trial.values)
+
+    def _note_gen(self, gen, recorded, bar) -> None:
+        vals = [fitness_of(t) for t in recorded if t.values]
+        self.per_gen.append(max(vals) if vals else None)
+        bar.update(len(recorded))
+
+    def recheck_finalists(self, k: int) -> None:
+        """Re-score the top-k trials (by dev fitness) on the holdout split; export then picks by holdout."""
+        import optuna
+
+        done = [t for t in self.ledger.trials()
+                if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+        top = sorted(done, key=lambda t: -fitness_of(t))[:k]
+        have = self.ledger.holdout()
+        todo = [t for t in top if t.number not in have]
+        if not todo:
+            return
+        n_layers = self.pool.n_layers
+        queue = list(todo)
+
+        def start(t) -> Candidate:
+            return Candidate(t.number, self.space.recipe(t.params, n_layers).to_mergekit(), split="holdout")
+
+        for t, result in self.pool.run(queue, start, lambda: False):
+            if result.ok:
+                _, fit, _ = self._outcome(result.scores)
+                self.ledger.set_holdout(t.number, fit, {n: asdict(s) for n, s in result.scores.items()})
+        hold = self.ledger.holdout()
+        line = ", ".join(f"trial {n}: {hold[n]['fitness']:.4f}" for n in sorted(hold, key=lambda n: -hold[n]['fitness']))
+        print(f"finalists on holdout: {line}")
+
+    def summary(self, run_dir: Path, stopped: str) -> SearchSummary:
+        import optuna
+
+        trials = self.ledger.trials()
+        ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+        best = self.ledger.best() if ok else None
+        return SearchSummary(run_dir, len(ok), len(failed), fitness_of(best) if best else None,
+                             best.number if best else None, tuple(self.per_gen), stopped)
 
 
 def _fmt(v: float | None) -> str:

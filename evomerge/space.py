@@ -15,7 +15,9 @@ Schema (every shipped file in search_spaces/ is an example):
                  low, high, init?, step?}
     seeds:    optional list of {name, values: {gene family or dimension name: value}}: evaluated first
     eval:     {sets: [{path, weight?}], split?: dev, max_items?: N}
-    search:   {optimizer?: cmaes, popsize?: N, generations?: N, sigma0?: x}
+    search:   {optimizer?: cmaes|tpe|gp|nsga2|optuna-cmaes|random, popsize?, generations?, sigma0?, restarts?,
+               objectives?: {name: [{set, metric?, weight?}]}, objective_weights?, scalarize?: mean|min,
+               max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3)}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -44,7 +46,7 @@ ROLES = ("base", "instruct", "language")
 GRANULARITIES = ("global", "per_layer", "blocks", "control_points")
 MODULES = ("attn", "mlp")
 TENSOR_GROUPS = ("embed", "lm_head")
-OPTIMIZERS = ("cmaes",)
+OPTIMIZERS = ("cmaes", "tpe", "gp", "nsga2", "optuna-cmaes", "random")
 # mergekit's per-model and method-wide parameters that a gene may make free, per method.
 PER_MODEL_PARAMS: dict[str, tuple[str, ...]] = {
     "linear": ("weight",), "task_arithmetic": ("weight",), "ties": ("weight", "density"),
@@ -158,12 +160,20 @@ class EvalSetRef:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Optimizer settings."""
+    """Optimizer, objectives and budget settings (`search:` in the YAML)."""
 
     optimizer: str = "cmaes"
     popsize: int = 6
     generations: int = 4
     sigma0: float | None = None
+    restarts: int = 0  # cmaes: IPOP restarts (population doubles at each)
+    objectives: Mapping[str, Any] | None = None  # {name: [{set, metric?, weight?}]}; default: one per eval set
+    objective_weights: Mapping[str, float] | None = None  # weights of the objectives in the scalar fitness
+    scalarize: str = "mean"  # mean or min (the worst objective)
+    max_evals: int | None = None
+    max_minutes: float | None = None
+    target: float | None = None  # stop once the scalar fitness reaches this
+    finalists: int = 3  # top trials re-scored on the holdout split at the end (0: none)
 
 
 @dataclass(frozen=True)
@@ -394,14 +404,38 @@ def parse_space(data: Any, source: str) -> Space:
         raise UserError(where("eval.split"), f"unknown split {split!r}", "use dev (holdout is for re-checks)")
     max_items = _posint(ev["max_items"], where("eval.max_items")) if ev.get("max_items") is not None else None
 
-    s = _mapping(top.get("search") or {}, where("search"), {"optimizer", "popsize", "generations", "sigma0"})
+    s = _mapping(top.get("search") or {}, where("search"),
+                 {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
+                  "scalarize", "max_evals", "max_minutes", "target", "finalists"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
-    defaults = SearchSettings()
-    settings = SearchSettings(s.get("optimizer", "cmaes"),
-                              _posint(s["popsize"], where("search.popsize")) if "popsize" in s else defaults.popsize,
-                              _posint(s["generations"], where("search.generations")) if "generations" in s else defaults.generations,
-                              _number(s["sigma0"], where("search.sigma0")) if "sigma0" in s else None)
+    d = SearchSettings()
+    objectives = s.get("objectives")
+    if objectives is not None:
+        _mapping(objectives, where("search.objectives"), set(objectives) if isinstance(objectives, dict) else set())
+        if not objectives:
+            raise UserError(where("search.objectives"), "empty", "name at least one objective, or drop the key")
+    ow = s.get("objective_weights")
+    if ow is not None:
+        _mapping(ow, where("search.objective_weights"), set(objectives or {}))
+        ow = {k: _number(v, where(f"search.objective_weights.{k}")) for k, v in ow.items()}
+    if s.get("scalarize", "mean") not in ("mean", "min"):
+        raise UserError(where("search.scalarize"), f"unknown scalarization {s['scalarize']!r}", "use mean or min")
+    if s.get("optimizer") == "nsga2" and not objectives:
+        raise UserError(where("search.objectives"), "nsga2 needs objectives", "declare search.objectives (two or more)")
+    if "finalists" in s and (not isinstance(s["finalists"], int) or isinstance(s["finalists"], bool) or s["finalists"] < 0):
+        raise UserError(where("search.finalists"), "must be a non-negative integer", "e.g. 3, or 0 for none")
+    settings = SearchSettings(
+        s.get("optimizer", "cmaes"),
+        _posint(s["popsize"], where("search.popsize")) if "popsize" in s else d.popsize,
+        _posint(s["generations"], where("search.generations")) if "generations" in s else d.generations,
+        _number(s["sigma0"], where("search.sigma0")) if "sigma0" in s else None,
+        int(_number(s["restarts"], where("search.restarts"))) if "restarts" in s else 0,
+        objectives, ow, s.get("scalarize", "mean"),
+        _posint(s["max_evals"], where("search.max_evals")) if "max_evals" in s else None,
+        _number(s["max_minutes"], where("search.max_minutes")) if "max_minutes" in s else None,
+        _number(s["target"], where("search.target")) if "target" in s else None,
+        s.get("finalists", d.finalists))
 
     build = top.get("build")
     mini, seed = None, 0

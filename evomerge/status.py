@@ -31,8 +31,9 @@ class RunStatus:
     finalists: tuple[TrialSummary, ...]
 
 
-def _summary(t) -> TrialSummary:
-    return TrialSummary(t.number, tuple(t.values or ()), t.user_attrs.get("holdout_fitness"),
+def _summary(t, holdout: Mapping[int, Any]) -> TrialSummary:
+    hold = holdout.get(t.number)
+    return TrialSummary(t.number, tuple(t.values or ()), hold["fitness"] if hold else None,
                         t.user_attrs.get("seed_candidate"), t.user_attrs.get("scores") or {})
 
 
@@ -40,7 +41,7 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
     """Read a run's study and summarize it."""
     import optuna
 
-    from evomerge.ledger import storage_url
+    from evomerge.ledger import fitness_of, storage_url
     from evomerge.rundir import read_run
 
     info = read_run(run_dir)
@@ -52,16 +53,16 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
         key = t.user_attrs.get("pruned_reason") and "PRUNED" or t.state.name
         counts[key] = counts.get(key, 0) + 1
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    holdout = {int(k.split(":", 1)[1]): v for k, v in study.user_attrs.items() if k.startswith("holdout:")}
     objectives = tuple(study.metric_names or [f"objective{i}" for i in range(len(study.directions))])
     per_gen: dict[int, float] = {}
     for t in done:
         g = int(t.user_attrs.get("generation", 0))
-        per_gen[g] = max(per_gen.get(g, float("-inf")), t.values[0])
+        per_gen[g] = max(per_gen.get(g, float("-inf")), fitness_of(t))
     gens = tuple(per_gen.get(g) for g in range(max(per_gen) + 1)) if per_gen else ()
-    best = tuple(_summary(t) for t in sorted(done, key=lambda t: -t.values[0])[:top])
-    front = tuple(_summary(t) for t in study.best_trials) if len(study.directions) > 1 else ()
-    finalists = tuple(sorted((_summary(t) for t in done if "holdout_fitness" in t.user_attrs),
-                             key=lambda s: -s.holdout))
+    best = tuple(_summary(t, holdout) for t in sorted(done, key=lambda t: -fitness_of(t))[:top])
+    front = tuple(_summary(t, holdout) for t in study.best_trials) if len(study.directions) > 1 else ()
+    finalists = tuple(sorted((_summary(t, holdout) for t in done if t.number in holdout), key=lambda s: -s.holdout))
     return RunStatus(info.name, objectives, counts, gens, best, front, finalists)
 
 
@@ -71,7 +72,7 @@ def render(status: RunStatus) -> str:
     if status.best_per_generation:
         lines.append("best per generation: " + " ".join("-" if v is None else f"{v:.4f}" for v in status.best_per_generation))
     if status.best:
-        lines.append(f"top trials by dev fitness ({', '.join(status.objectives)}):")
+        lines.append(f"top trials by dev fitness (values: {', '.join(status.objectives)}):")
         for s in status.best:
             tag = f"  [{s.seed_candidate}]" if s.seed_candidate else ""
             hold = f"  holdout {s.holdout:.4f}" if s.holdout is not None else ""
@@ -83,5 +84,5 @@ def render(status: RunStatus) -> str:
     if status.finalists:
         lines.append("finalists re-scored on holdout (export picks the first):")
         for s in status.finalists:
-            lines.append(f"  trial {s.number:4d}  holdout {s.holdout:.4f}  dev {s.values[0]:.4f}")
+            lines.append(f"  trial {s.number:4d}  holdout {s.holdout:.4f}  dev " + " ".join(f"{v:.4f}" for v in s.values))
     return "\n".join(lines)

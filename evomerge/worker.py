@@ -1,8 +1,9 @@
 """Evaluate candidates: merge in memory from resident source tensors, then score. The Ray actor is a thin shell.
 
-A worker loads the source models once (`Evaluator.start`); each candidate is then only a `ResidentMerge.apply`
-(in-place arithmetic, no file reads) and a scoring pass. Any exception inside a candidate becomes a failed
-`CandidateResult` with its reason: one bad candidate never takes the worker or the run down.
+A worker loads the source models once (`Evaluator.start`); each candidate is then only an in-memory merge (no file
+reads: `ResidentMerge.apply`, or its twin inside a vLLM engine) and a scoring pass. Any exception inside a
+candidate becomes a failed `CandidateResult` with its reason: one bad candidate never takes the worker or the run
+down.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from evomerge.memplan import MemoryPlan
 from evomerge.scorers import SetScores
 
 
@@ -26,6 +28,8 @@ class EvaluatorSpec:
     max_items: int | None = None
     seed: int = 0
     threads: int = 1
+    backend: str = "hf"  # "hf" or "vllm" (backends/select.py resolves "auto" before workers start)
+    memory: MemoryPlan | None = None  # vLLM: KV cache budget, where the sources live, tensor parallel size
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Candidate:
 
     number: int
     recipe: Mapping[str, Any]
+    split: str = "dev"  # "holdout" only for the finalists' re-check
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,31 @@ class CandidateResult:
 
 
 class Evaluator:
-    """Resident weights + prepared eval sets; `evaluate` is the per-candidate hot path."""
+    """A scoring backend with resident sources + prepared eval sets; `evaluate` is the per-candidate hot path.
 
-    def __init__(self, backend, resident, prepared, worker: str) -> None:
-        self.backend, self.resident, self.prepared, self.worker = backend, resident, prepared, worker
+    `apply(recipe)` puts a candidate's weights into the backend: a `ResidentMerge` into the Hugging Face model's
+    live parameters, or a merge and in-place reload inside the vLLM engine (backends/select.py).
+    """
+
+    def __init__(self, backend, apply: Callable[[Any], None], prepared, worker: str,
+                 spec: EvaluatorSpec | None = None) -> None:
+        self.backend, self.apply, self.worker, self.spec = backend, apply, worker, spec
+        self.prepared_by_split = {spec.split if spec else "dev": prepared}
+
+    @property
+    def prepared(self):
+        return self.prepared_by_split[self.spec.split if self.spec else "dev"]
+
+    def _prepared(self, split: str):
+        """The eval sets of one split, tokenized on first use (holdout only when finalists are re-checked)."""
+        if split not in self.prepared_by_split:
+            from evomerge import evaluation
+            from evomerge.evalsets import load_evalset
+
+            spec = self.spec
+            self.prepared_by_split[split] = [evaluation.prepare(self.backend, load_evalset(p), split, None, spec.seed)
+                                             for p in spec.eval_sets]
+        return self.prepared_by_split[split]
 
     @classmethod
     def start(cls, spec: EvaluatorSpec, worker: str = "") -> "Evaluator":
@@ -64,19 +90,16 @@ class Evaluator:
         import torch
 
         from evomerge import evaluation
-        from evomerge.backends.hf import HFBackend
+        from evomerge.backends.select import start_backend
         from evomerge.evalsets import load_evalset
-        from evomerge.merge import ResidentMerge
         from evomerge.recipe import Recipe
-        from evomerge.tensors import torch_dtype
 
         torch.set_num_threads(spec.threads)
         template = Recipe.from_mergekit(dict(spec.recipe))
-        backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype))
-        resident = ResidentMerge(template, backend.parameters())
+        backend, apply = start_backend(spec.backend, template, spec.memory)
         prepared = [evaluation.prepare(backend, load_evalset(p), spec.split, spec.max_items, spec.seed)
                     for p in spec.eval_sets]
-        return cls(backend, resident, prepared, worker or f"pid{os.getpid()}")
+        return cls(backend, apply, prepared, worker or f"pid{os.getpid()}", spec)
 
     def evaluate(self, candidate: Candidate) -> CandidateResult:
         """Merge the candidate into the resident model and score it; failures come back as values."""
@@ -85,9 +108,9 @@ class Evaluator:
 
         t0 = time.perf_counter()
         try:
-            self.resident.apply(Recipe.from_mergekit(dict(candidate.recipe)))
+            self.apply(Recipe.from_mergekit(dict(candidate.recipe)))
             t1 = time.perf_counter()
-            scores = evaluation.score(self.backend, self.prepared)
+            scores = evaluation.score(self.backend, self._prepared(candidate.split))
             t2 = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
             detail = traceback.format_exception_only(type(e), e)[-1].strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def test_search_records_every_candidate_and_export_reproduces_the_score(miniatur
     assert r.returncode == 0, r.stdout + r.stderr
     export = runs / "e2e" / "export"
     assert (export / "recipe.yaml").is_file() and (export / "model" / "config.json").is_file()
-    best = study.best_trial
+    manifest = json.loads((export / "manifest.json").read_text())
+    best = next(t for t in trials if t.number == manifest["trial"])  # the best of the finalists on holdout
+    assert manifest["holdout"] is not None
     info = read_run(runs / "e2e")
     sets = [str(REPO / "eval_sets" / n) for n in ("mini_xb_facts", "mini_xa_chat")]
     scores = score_model_dir(str(export / "model"), sets, "dev", 8, info.seed)

