@@ -12,7 +12,7 @@ import pytest
 
 from evomerge.evaluation import score_model_dir
 from evomerge.fitness import scalar_fitness
-from evomerge.optimizer import CmaEs
+from evomerge.optimizers import CmaEs
 from evomerge.rundir import read_run
 
 from conftest import REPO, write_space
@@ -77,7 +77,7 @@ def test_same_seed_same_candidates():
         for _ in range(3):
             xs = opt.ask()
             asked.append(xs)
-            opt.tell(xs, [-sum((v - 0.3) ** 2 for v in x) for x in xs])
+            opt.tell(xs, [(-sum((v - 0.3) ** 2 for v in x),) for x in xs])
         return asked
 
     assert run(7) == run(7)
