@@ -88,3 +88,47 @@ def load_tensors(path: Path) -> dict:
 
     f = ModelFiles.open(path)
     return {n: f.get(n) for n in f.names()}
+
+
+# --- tiny models of other families, tied embeddings, added tokens (tests/test_merge_stream.py) ---------------------
+def write_word_tokenizer(path: Path, n_tokens: int, added: int = 0) -> None:
+    """A word-level tokenizer of `n_tokens` tokens ("<unk>", "<pad>", "w2", ...), plus `added` special tokens
+    ("<|extra_0|>", ...) numbered after them, as an instruct model's added chat tokens are."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<pad>", *[f"w{i}" for i in range(2, n_tokens)]])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    extra = [f"<|extra_{i}|>" for i in range(added)]
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                  additional_special_tokens=extra or None)
+    tok.save_pretrained(path)
+
+
+def make_tiny(path: Path, *, arch: str = "qwen3", seed: int, parent: Path | None = None, noise: float = 0.02,
+              layers: int = 4, vocab: int = 96, tied: bool = True, added_tokens: int = 0,
+              dtype: str = "float32", intermediate: int = 256) -> Path:
+    """A tiny model dir of family `arch` ("llama" or "qwen3"; head_dim 64) with a word-level tokenizer: random init
+    (seeded), or `parent`'s weights plus seeded noise. `added_tokens` grows the vocabulary (tokenizer, embedding
+    and lm_head rows) past the parent's, as an instruct model's chat tokens do."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    torch.manual_seed(seed)
+    common = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, intermediate_size=intermediate,
+                  num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=64, tie_word_embeddings=tied)
+    cfg = Qwen3Config(head_dim=64, **common) if arch == "qwen3" else LlamaConfig(**common)
+    if parent is None:
+        model = AutoModelForCausalLM.from_config(cfg)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
+        if added_tokens:
+            model.resize_token_embeddings(model.config.vocab_size + added_tokens, mean_resizing=False)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * noise)
+    model.to(getattr(torch, dtype)).save_pretrained(path)
+    n = model.config.vocab_size
+    write_word_tokenizer(path, n - added_tokens, added_tokens)
+    return path

@@ -8,12 +8,14 @@ Each method is split in two so that the same arithmetic serves both merge modes:
   random_seed, ...) and writes into a preallocated `out`: sparsification at the candidate's density, sign
   consensus, weighting.
 A disk merge calls both in a row; a resident worker calls `prepare` at start-up and `combine` per candidate, so the
-exported model is bit-for-bit the model that was scored. Arithmetic order follows mergekit 0.1.5: a disk merge of
-a deterministic method equals `mergekit-yaml` to float32 rounding; DARE and DELLA draw their masks from our own
-seeded generator (see sparsify.py), so they equal mergekit only up to its random draws.
+exported model is bit-for-bit the model that was scored. Arithmetic order and rounding follow mergekit 0.1.5: a
+disk merge of a deterministic method equals `mergekit-yaml` bit for bit in float32 and bfloat16 (float32 sums of 5
+or more models may differ in the last bit: torch's reduction order changes there); DARE and DELLA draw their masks
+from our own seeded generator (see sparsify.py), so they equal mergekit only up to its random draws.
 
 One file per family: linear.py, generalized_task_arithmetic.py (task arithmetic, TIES, DARE, breadcrumbs, DELLA;
-its sparsifiers in sparsify.py), slerp.py.
+its sparsifiers in sparsify.py), slerp.py; chunked.py runs the weighted sums and the sign consensus over
+cache-sized chunks on several threads (the memory-bound part of every merge).
 """
 
 from __future__ import annotations

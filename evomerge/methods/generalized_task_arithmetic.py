@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from evomerge.methods import sparsify as sp
+from evomerge.methods import chunked
 
 if TYPE_CHECKING:
     from evomerge.recipe import TensorCoefficients
@@ -36,13 +37,22 @@ class Variant:
     sparsification: str | None
     consensus: bool
 
-    def prepare(self, base: torch.Tensor | None, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """[delta_1..delta_n] + [ranking_1..ranking_n] for the magnitude-based sparsifiers."""
+    def prepare(self, base: torch.Tensor | None, inputs: Sequence[torch.Tensor], *, consume: bool = False,
+                coeffs: TensorCoefficients | None = None) -> list[torch.Tensor]:
+        """[delta_1..delta_n] + [ranking_1..ranking_n] for the magnitude-based sparsifiers; for DARE, given the
+        template's coefficients (its seed and tensor name), + [draw codes_1..n] + [L1 norm_1..n] + [seed]."""
         if base is None:
             raise ValueError("generalized task arithmetic needs a base tensor")
-        deltas = [x - base for x in inputs]  # [n] x shape
+        deltas = [x.sub_(base) if consume else x - base for x in inputs]  # [n] x shape
         rank = _RANKS.get(self.sparsification) if self.sparsification else None
-        return deltas + ([rank(d) for d in deltas] if rank else [])
+        if rank:
+            return deltas + [rank(d) for d in deltas]
+        if self.sparsification == RANDOM and coeffs is not None:
+            seed = int(coeffs.shared["random_seed"])
+            codes = [sp.draw_codes(seed, coeffs.tensor, i, d.shape).to(d.device) for i, d in enumerate(deltas)]
+            norms = [torch.tensor(chunked.l1_norm(d), dtype=torch.float64) for d in deltas]
+            return deltas + codes + norms + [torch.tensor(seed)]
+        return deltas
 
     def combine(self, base: torch.Tensor | None, prepared: Sequence[torch.Tensor], coeffs: TensorCoefficients,
                 out: torch.Tensor) -> torch.Tensor:
@@ -50,21 +60,55 @@ class Variant:
         if base is None:
             raise ValueError("generalized task arithmetic needs a base tensor")
         n = len(coeffs.weights)
-        if self.consensus:
-            return self._consensus(base, [self._sparse(prepared, i, coeffs) for i in range(n)], coeffs, out)
-        # Without consensus a running sum needs one task vector at a time, never all n.
-        weights = coeffs.weights
-        torch.mul(self._sparse(prepared, 0, coeffs), weights[0], out=out)
-        for i in range(1, n):
-            out.add_(self._sparse(prepared, i, coeffs), alpha=weights[i])
-        if coeffs.shared["normalize"]:
-            total = sum(weights)
-            if abs(total) >= 1e-8:  # mergekit leaves near-zero divisors at 1
-                out.div_(total)
-        lam = coeffs.shared["lambda"]
-        if lam != 1:
-            out.mul_(lam)
-        return out.add_(base)
+        merge = chunked.consensus_sum if self.consensus else chunked.weighted_sum
+        args = (list(coeffs.weights), bool(coeffs.shared["normalize"]), float(coeffs.shared["lambda"]), out)
+        masks = self._masks(prepared, coeffs)
+        if masks is not None:
+            # Rank tests and DARE draws are elementwise: done chunk by chunk inside the merge.
+            return merge(base, list(prepared[:n]), *args, masks=masks)
+        # Otherwise (DELLA, rescaled magnitude pruning) each task vector is sparsified whole first.
+        return merge(base, [self._sparse(prepared, i, coeffs) for i in range(n)], *args)
+
+    def _masks(self, prepared: Sequence[torch.Tensor], coeffs: TensorCoefficients) -> list | None:
+        """Each input's keep-mask for the chunked kernels (None entries keep everything), or None when the
+        sparsification needs whole tensors."""
+        n = len(coeffs.weights)
+        if self.sparsification is None:
+            return [None] * n
+        density = coeffs.per_model["density"]
+        rescale = bool(coeffs.shared["rescale"])
+        if self.sparsification == RANDOM:
+            return [self._dare_mask(prepared, i, coeffs, rescale) for i in range(n)]
+        if self.sparsification not in (MAGNITUDE, MAGNITUDE_OUTLIERS):
+            return None
+        numel = prepared[0].numel()
+        if self.sparsification == MAGNITUDE:
+            windows = [sp.magnitude_window(numel, density[i]) for i in range(n)]
+        else:
+            windows = [sp.outliers_window(numel, density[i], coeffs.per_model["gamma"][i]) for i in range(n)]
+        if rescale and any(w is not None and w[1] > 0 for w in windows):
+            return None
+        return [None if w is None else chunked.RankMask(prepared[n + i], *w) for i, w in enumerate(windows)]
+
+    @staticmethod
+    def _dare_mask(prepared: Sequence[torch.Tensor], i: int, coeffs: TensorCoefficients,
+                   rescale: bool) -> chunked.CodeMask | None:
+        """Input i's DARE mask: keep each element with probability `density`, then (rescale) restore the L1 norm
+        (mergekit's choice; the DARE paper divides by density instead)."""
+        n = len(coeffs.weights)
+        density = coeffs.per_model["density"][i]
+        if density >= 1:
+            return None
+        delta = prepared[i]
+        seed = int(coeffs.shared["random_seed"])
+        cached = len(prepared) == 3 * n + 1 and int(prepared[-1]) == seed
+        codes = prepared[n + i] if cached else sp.draw_codes(seed, coeffs.tensor, i, delta.shape).to(delta.device)
+        mask = chunked.CodeMask(codes, sp.code_threshold(density, delta.dtype))
+        if not rescale:
+            return mask
+        before = float(prepared[2 * n + i]) if cached else chunked.l1_norm(delta)
+        scale = sp.rescale_factor(before, chunked.l1_norm(delta, mask), delta.dtype)
+        return chunked.CodeMask(codes, mask.below, scale)
 
     def _sparse(self, prepared: Sequence[torch.Tensor], i: int, coeffs: TensorCoefficients) -> torch.Tensor:
         """Input i's task vector, sparsified with this candidate's parameters (the prepared tensor itself when
@@ -84,37 +128,9 @@ class Variant:
             u = sp.uniform(int(coeffs.shared["random_seed"]), coeffs.tensor, i, delta.shape)
             return u.to(delta.device)
 
-        if method == RANDOM:
-            return sp.bernoulli(delta, density, rescale, draw)
         if method == DELLA:
             return sp.della_magprune(delta, prepared[n + i], density, coeffs.per_model["epsilon"][i], rescale, draw)
         raise ValueError(f"unknown sparsification {method!r}")
-
-    @staticmethod
-    def _consensus(base: torch.Tensor, sparse: list[torch.Tensor], coeffs: TensorCoefficients,
-                   out: torch.Tensor) -> torch.Tensor:
-        """TIES sign election (mergekit's get_mask with method "sum"), then the masked, normalized sum."""
-        n = len(sparse)
-        stack = torch.empty((n, *base.shape), dtype=base.dtype, device=base.device)  # [n, *shape]
-        for i, s in enumerate(sparse):
-            stack[i] = s
-        del sparse
-        weights = torch.tensor(coeffs.weights, dtype=stack.dtype, device=stack.device).view(n, *[1] * base.ndim)
-        stack.mul_(weights)
-        # Signs are -1, 0 or 1 in any dtype, so int8 (mergekit's int8_mask) gives the same mask with less memory.
-        majority = (stack.sum(dim=0) >= 0).to(torch.int8) * 2 - 1  # [*shape]
-        mask = stack.sign().to(torch.int8) == majority  # [n, *shape]; zeros never vote
-        stack.mul_(mask)
-        mixed = stack.sum(dim=0)
-        del stack
-        if coeffs.shared["normalize"]:
-            divisor = (weights * mask).sum(dim=0)  # per element: the weights of the agreeing inputs
-            divisor[divisor == 0] = 1
-            mixed /= divisor
-        lam = coeffs.shared["lambda"]
-        if lam != 1:
-            mixed *= lam
-        return torch.add(base, mixed, out=out)
 
 
 VARIANTS: dict[str, Variant] = {

@@ -24,7 +24,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def prepare(base: torch.Tensor | None, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def prepare(base: torch.Tensor | None, inputs: Sequence[torch.Tensor], *, consume: bool = False,
+            coeffs: TensorCoefficients | None = None) -> list[torch.Tensor]:
     """[other, dot] with dot the [1, 1] cosine between the flattened base and other."""
     if base is None or len(inputs) != 1:
         raise ValueError("slerp needs a base tensor and exactly one other")

@@ -15,7 +15,9 @@ Randomness. mergekit 0.1.5 has no seed in the recipe: `mergekit-yaml --random-se
 executor runs tensors, so mergekit's masks cannot be reproduced outside a mergekit run, and a DARE/DELLA merge is
 exact to mergekit only up to its random draws. Ours are keyed: element j of input i's mask for tensor T under the
 recipe's `random_seed` s keeps the element when u_j < p_j, u being the float32 stream of a CPU `torch.Generator`
-seeded with a hash of (s, T, i) (`uniform`). A mask then depends on nothing but its seed, tensor, input position and
+seeded with a hash of (s, T, i), cut to 16 bits (u = k / 65536: `draw_codes`, `uniform`; a probability's resolution
+of 1/65536 changes nothing a merge can tell, and two bytes per element let a resident merge keep its draws instead
+of drawing again for every candidate). A mask then depends on nothing but its seed, tensor, input position and
 probabilities: the same in disk and resident merges, whatever the other tensors' coefficients, and nested across
 densities (a higher density keeps a superset), which keeps the landscape the optimizer sees smooth.
 """
@@ -23,6 +25,7 @@ densities (a higher density keeps a superset), which keeps the landscape the opt
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Callable
 
 import torch
@@ -36,12 +39,39 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def uniform(seed: int, tensor: str, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """The keyed float32 uniforms in [0, 1) of input `index` for tensor `tensor` under `seed` (on CPU)."""
+CODE_BITS = 16  # a draw is one of 2**16 equally likely values: u = k / 65536
+
+
+def draw_codes(seed: int, tensor: str, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The keyed draws of input `index` for tensor `tensor` under `seed`, as int16 codes k - 32768 (k uniform in
+    [0, 65536)), on CPU. Two bytes per element, so a resident merge can keep them."""
     key = hashlib.blake2b(f"{seed}\0{tensor}\0{index}".encode(), digest_size=8).digest()
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int.from_bytes(key, "little") & (2**63 - 1))
-    return torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+    u = torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+    return u.mul_(2**CODE_BITS).floor_().sub_(2 ** (CODE_BITS - 1)).to(torch.int16)
+
+
+def uniform(seed: int, tensor: str, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The same draws as float32 uniforms u = k / 65536 in [0, 1) (exact): element j is kept when u_j < p_j."""
+    codes = draw_codes(seed, tensor, index, shape)
+    return codes.to(torch.float32).add_(2 ** (CODE_BITS - 1)).div_(2**CODE_BITS)
+
+
+def code_threshold(density: float, dtype: torch.dtype) -> int:
+    """The code below which a DARE draw keeps its element: u < p  <=>  k < ceil(p * 65536), with p the density in
+    mergekit's working dtype (exact: p * 65536 is exact in double precision)."""
+    p = float(torch.tensor(density, dtype=work_dtype(dtype)))
+    return math.ceil(p * 2**CODE_BITS) - 2 ** (CODE_BITS - 1)
+
+
+def rescale_factor(before: float, after: float, dtype: torch.dtype) -> float | None:
+    """mergekit's L1 rescale `before / after` in the working dtype, or None when either norm is below its eps."""
+    work = work_dtype(dtype)
+    b, a = torch.tensor(before, dtype=work), torch.tensor(after, dtype=work)
+    if b < _RESCALE_EPS or a < _RESCALE_EPS:
+        return None
+    return float(b / a)
 
 
 # --- prepare: coefficient-free rankings (computed on CPU, returned on the task vector's device) ---------------------
@@ -91,38 +121,52 @@ def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.
     return masked * (before / after)
 
 
+def magnitude_window(numel: int, density: float) -> tuple[int, int] | None:
+    """The ranks (descending magnitude) TIES keeps: [0, max(1, int(density * n))); None keeps everything."""
+    if density >= 1:
+        return None
+    if density <= 0 or numel == 0:
+        return (0, 0)
+    return (0, max(1, int(density * numel)))
+
+
+def outliers_window(numel: int, density: float, gamma: float) -> tuple[int, int] | None:
+    """The ranks (ascending magnitude) breadcrumbs keeps: drop the int(gamma * n) largest, then the smallest, keeping
+    int(density * n); fewer outliers are dropped when density + gamma > 1; density >= 1 keeps everything (None)."""
+    if density >= 1:
+        return None
+    target_n = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bot = max(0, numel - target_n - n_top)
+    return (n_bot, n_bot + target_n)
+
+
+def in_window(ranks: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The keep-mask of a rank window (bool, shaped like `ranks`)."""
+    lo, hi = window
+    keep = ranks < hi
+    if lo > 0:
+        keep &= ranks >= lo
+    return keep
+
+
 def magnitude(delta: torch.Tensor, ranks: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     """Keep the max(1, int(density * n)) largest magnitudes (TIES)."""
-    if density >= 1:
+    window = magnitude_window(delta.numel(), density)
+    if window is None:
         return delta
-    if density <= 0 or delta.numel() == 0:
+    if window[1] == 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    return _rescaled(delta, (ranks < k).view(delta.shape), rescale)
+    return _rescaled(delta, in_window(ranks, window).view(delta.shape), rescale)
 
 
 def magnitude_outliers(delta: torch.Tensor, ranks: torch.Tensor, density: float, gamma: float,
                        rescale: bool) -> torch.Tensor:
-    """Drop the int(gamma * n) largest magnitudes, then the smallest, keeping int(density * n) (breadcrumbs).
-    Fewer outliers are dropped when density + gamma > 1; density >= 1 drops nothing at all (mergekit's rule)."""
-    if density >= 1:
+    """Drop the int(gamma * n) largest magnitudes, then the smallest, keeping int(density * n) (breadcrumbs)."""
+    window = outliers_window(delta.numel(), density, gamma)
+    if window is None:
         return delta
-    n = delta.numel()
-    target_n = int(density * n)
-    n_top = int(gamma * n)
-    n_bot = max(0, n - target_n - n_top)
-    return _rescaled(delta, ((ranks >= n_bot) & (ranks < n_bot + target_n)).view(delta.shape), rescale)
-
-
-def bernoulli(delta: torch.Tensor, density: float, rescale: bool, draw: Uniforms) -> torch.Tensor:
-    """Keep each element with probability `density` (DARE). `rescale` restores the L1 norm (mergekit's choice;
-    the DARE paper divides by density instead)."""
-    if density >= 1:
-        return delta
-    work = work_dtype(delta.dtype)
-    p = float(torch.tensor(density, dtype=work))  # mergekit draws against full_like(density, dtype=work)
-    mask = draw() < p
-    return _rescaled(delta.to(work), mask, rescale).to(delta.dtype)
+    return _rescaled(delta, in_window(ranks, window).view(delta.shape), rescale)
 
 
 def della_magprune(delta: torch.Tensor, rank_norm: torch.Tensor, density: float, epsilon: float, rescale: bool,
