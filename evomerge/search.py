@@ -184,12 +184,21 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
 
 
 class _Pool:
-    """Ray workers, started on first use (a fully replayed resume needs none)."""
+    """Ray workers, started on first use (a fully replayed resume needs none).
+
+    A worker that dies (out of memory, a driver error, killed) is replaced by a fresh one from the same spec, and
+    its candidate is tried once more; a candidate whose second try fails too is a failed result, and the run goes
+    on. A candidate that raises inside a live worker is already a failed result (worker.py) and is not retried.
+    """
+
+    TRIES = 2  # a candidate's tries before it is recorded as failed (only a worker's death costs a try)
 
     def __init__(self, space: Space, info: RunInfo, opts: SearchOptions, n_layers: int) -> None:
         self.space, self.info, self.opts, self.n_layers = space, info, opts, n_layers
         self.actors: list = []
         self.ray = None
+        self._make: Callable[[str], Any] | None = None  # a new worker actor, by name (set by start)
+        self._started = 0  # workers made so far, dead ones included (names the next one)
 
     def start(self) -> None:
         if self.actors:
@@ -218,7 +227,23 @@ class _Pool:
             raise UserError("--address", f"cannot join the Ray cluster ({e})", "check the address, or drop --address") from None
         self.ray = ray
         actor = actor_class(num_cpus=1, num_gpus=memory.tensor_parallel if memory.device == "cuda" else 0)
-        self.actors = [actor.remote(spec, f"worker-{i}") for i in range(self.opts.workers)]
+        self._make = lambda name: actor.remote(spec, name)
+        self.actors = [self._spawn() for _ in range(self.opts.workers)]
+
+    def _spawn(self):
+        """A new worker actor (it loads the sources before its first candidate runs)."""
+        self._started += 1
+        return self._make(f"worker-{self._started - 1}")
+
+    def _replace(self, dead):
+        """Kill what is left of a dead worker and start another in its place."""
+        try:
+            self.ray.kill(dead, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        new = self._spawn()
+        self.actors = [new if a is dead else a for a in self.actors]
+        return new
 
     def run(self, queue: list, start: Callable[[Any], Candidate], should_stop: Callable[[], bool]):
         """Hand candidates to whichever worker is free (a trial is opened at hand-over); yield (item, result) as
@@ -226,23 +251,36 @@ class _Pool:
         self.start()
         ray = self.ray
         idle = list(self.actors)
-        inflight: dict = {}
-        while (queue and not should_stop()) or inflight:
-            while queue and idle and not should_stop():
-                item = queue.pop(0)
-                actor = idle.pop()
-                cand = start(item)
-                inflight[actor.evaluate.remote(cand)] = (actor, item, cand)
+        inflight: dict = {}  # ref -> (actor, item, candidate, tries so far)
+        retry: list = []  # (item, candidate, tries): trials already open whose worker died; they go first
+        while retry or (queue and not should_stop()) or inflight:
+            while idle and (retry or (queue and not should_stop())):
+                if retry:
+                    item, cand, tries = retry.pop(0)
+                else:
+                    item = queue.pop(0)
+                    cand, tries = start(item), 0
+                actor = idle.pop(0)
+                inflight[actor.evaluate.remote(cand)] = (actor, item, cand, tries + 1)
             if not inflight:
                 break
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
-                actor, item, cand = inflight.pop(ref)
+                actor, item, cand, tries = inflight.pop(ref)
                 try:
                     result = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a dead worker fails its candidate, not the run
-                    result = CandidateResult(cand.number, error=f"worker failed: {type(e).__name__}: {e}"[:500])
-                idle.append(actor)
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        actor = self._replace(actor)
+                    # a fresh worker goes to the back of the line, so a retry lands elsewhere when one is free
+                    idle.append(actor)
+                    if tries < self.TRIES:
+                        retry.append((item, cand, tries))
+                        continue
+                    result = CandidateResult(cand.number, error=f"worker failed {tries} times; last: "
+                                             f"{type(e).__name__}: {e}"[:500])
+                else:
+                    idle.append(actor)
                 yield item, result
 
     def close(self) -> None:

@@ -3,11 +3,13 @@
 A worker loads the source models once (`Evaluator.start`); each candidate is then only an in-memory merge (no file
 reads: `ResidentMerge.apply`, or its twin inside a vLLM engine) and a scoring pass. Any exception inside a
 candidate becomes a failed `CandidateResult` with its reason: one bad candidate never takes the worker or the run
-down.
+down. Scores that are NaN or infinite (a collapsed merge) are a failure too, so the optimizer sees the worst value.
+A worker that dies is replaced by the driver (search.py's `_Pool`), which retries its candidate once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -106,6 +108,7 @@ class Evaluator:
         from evomerge import evaluation
         from evomerge.recipe import Recipe
 
+        _test_kill_hook(candidate.number)
         t0 = time.perf_counter()
         try:
             self.apply(Recipe.from_mergekit(dict(candidate.recipe)))
@@ -115,14 +118,34 @@ class Evaluator:
         except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
             detail = traceback.format_exception_only(type(e), e)[-1].strip()
             return CandidateResult(candidate.number, error=detail, worker=self.worker)
+        if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
+            return CandidateResult(candidate.number, error="non-finite scores (collapsed model)",
+                                   merge_seconds=t1 - t0, score_seconds=t2 - t1, worker=self.worker)
         return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker)
+
+
+def _test_kill_hook(number: int) -> None:
+    """Test hook (tests/test_worker_faults.py): with EVOMERGE_TEST_KILL_WORKER_ON_TRIAL=<n> and
+    EVOMERGE_TEST_KILL_MARKER=<path>, the worker process that first starts evaluating trial n dies on the spot
+    (os._exit, as an out-of-memory kill would), once across all processes: whoever creates the marker file dies.
+    Unset (always, outside tests) it does nothing."""
+    target = os.environ.get("EVOMERGE_TEST_KILL_WORKER_ON_TRIAL")
+    marker = os.environ.get("EVOMERGE_TEST_KILL_MARKER")
+    if target is None or marker is None or int(target) != number:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)
 
 
 def actor_class(num_cpus: float = 1, num_gpus: float = 0):
     """The Ray actor around an Evaluator (ray is imported only here, when a search starts)."""
     import ray
 
-    @ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)
+    # no restarts by Ray: the driver replaces a dead worker itself and decides what happens to its candidate
+    @ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
     class WorkerActor:
         def __init__(self, spec: EvaluatorSpec, worker: str) -> None:
             self.evaluator = Evaluator.start(spec, worker)
