@@ -10,6 +10,7 @@ each warms the page cache, then the two alternate `--reps` times. The outputs ar
 
 from __future__ import annotations
 
+import tempfile
 import argparse
 import os
 import shutil
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="model size (1.0: 246M parameters)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--root", type=Path, default=Path("/tmp/evomerge-bench"))
+    ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "evomerge-bench")
     args = ap.parse_args()
     shape = Shape() if args.scale == 1.0 else Shape.scaled(args.scale)
     paths = build_sources(args.root, shape, args.dtype)

@@ -15,6 +15,7 @@ straightforward implementation merges.
 
 from __future__ import annotations
 
+import tempfile
 import argparse
 import gc
 import sys
@@ -83,7 +84,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
-    ap.add_argument("--root", type=Path, default=Path("/tmp/evomerge-bench"))
+    ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "evomerge-bench")
     args = ap.parse_args()
     shape = Shape() if args.scale == 1.0 else Shape.scaled(args.scale)
     print(f"model: {shape.params() / 1e6:.0f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} "
