@@ -151,16 +151,21 @@ class _Terms:
         self.masks = masks or [None] * len(terms)
 
     def chunk(self, i: int, s: int, e: int, scratch: Scratch) -> tuple[torch.Tensor, bool]:
-        """(chunk of term i, negated): a masked term comes back negated (-x where kept, -0 or +0 where dropped),
-        which the caller undoes exactly by multiplying with -w instead of w."""
+        """(chunk of term i, negated): a term masked by multiplying with the -1/0 keep comes back negated (-x where
+        kept, -0 or +0 where dropped), which the caller undoes exactly by multiplying with -w instead of w."""
         x = self.flats[i][s:e]
         mask = self.masks[i]
         if mask is None:
             return x, False
-        term = torch.mul(x, _keep(mask, s, e, scratch), out=scratch(32, x.dtype, e - s))
+        keep = _keep(mask, s, e, scratch)
+        if keep.dtype.itemsize == x.dtype.itemsize:  # float32 with int32 keep: x's bits AND all-ones or zero
+            bits = torch.bitwise_and(x.view(keep.dtype), keep, out=scratch(33, keep.dtype, e - s))
+            term, negated = bits.view(x.dtype), False  # x where kept, +0.0 where dropped (mergekit: +-0.0)
+        else:
+            term, negated = torch.mul(x, keep, out=scratch(32, x.dtype, e - s)), True
         if isinstance(mask, CodeMask) and mask.scale is not None:
-            term.mul_(mask.scale)  # (-x) * scale == -(x * scale) exactly
-        return term, True
+            term.mul_(mask.scale)  # a scratch buffer; (-x) * scale == -(x * scale) exactly
+        return term, negated
 
     def weighted(self, i: int, s: int, e: int, scratch: Scratch, w: float, out: torch.Tensor) -> torch.Tensor:
         """w * (chunk of term i), rounded to the dtype: mergekit's `deltas[i] * weights[i]`."""
