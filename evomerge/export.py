@@ -8,7 +8,7 @@ from pathlib import Path
 
 from evomerge.errors import UserError
 from evomerge.ledger import Ledger, fitness_of
-from evomerge.merge import merge_to_disk
+from evomerge.merge import merge_to_disk, plan_merge
 from evomerge.recipe import dump_recipe_yaml
 from evomerge.rundir import read_run, write_atomic
 
@@ -45,7 +45,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
         best = done[trial]
     holdout = ledger.holdout().get(best.number)
     value = fitness_of(best)
+    # the recipe as exported states where the tokenizer and any extra vocabulary rows come from when the models'
+    # vocabularies differ, so mergekit-yaml builds the same model
     recipe = space.recipe(best.params, info.n_layers)
+    try:
+        recipe = plan_merge(recipe).stated_recipe()
+    except UserError:
+        if with_model:
+            raise  # the merge below needs the weights anyway; say what is missing
+        # --recipe-only without the weights at hand: the recipe as the search scored it
     out = Path(out_dir) if out_dir else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / "recipe.yaml"
