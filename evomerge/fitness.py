@@ -7,7 +7,7 @@ metric (bits per byte, perplexities) enters negated. `scalarize` folds objective
 mean or by their minimum (the worst objective: no language may be sacrificed).
 
 A failed candidate has no fitness: it is recorded as a failed trial with its reason, and the optimizer is told the
-worst value (optimizer.py).
+worst value (optimizers/).
 """
 
 from __future__ import annotations
