@@ -57,7 +57,11 @@ class Ledger:
         if create:
             study = optuna.create_study(study_name=name, storage=storage, directions=["maximize"] * len(objectives),
                                         sampler=optuna.samplers.RandomSampler(seed=0))
-            study.set_metric_names(list(objectives))
+            import warnings
+
+            with warnings.catch_warnings():  # set_metric_names is marked experimental; its behaviour is what we need
+                warnings.simplefilter("ignore")
+                study.set_metric_names(list(objectives))
         else:
             study = optuna.load_study(study_name=name, storage=storage)
         return cls(study, genes)

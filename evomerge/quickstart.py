@@ -28,8 +28,17 @@ def run_quickstart(runs_dir: Path, seed: int = 0, workers: int = 2) -> None:
     for g, v in enumerate(summary.best_per_generation, 1):
         print(f"  generation {g}: best fitness {'-' if v is None else f'{v:.4f}'}")
     result = export_run(summary.run_dir)
-    print(f"\nbest: trial {result.trial}, fitness {result.value:.4f} (mean gold-choice probability on dev)")
+    import json
+
+    manifest = json.loads((result.recipe_path.parent / "manifest.json").read_text())
+    hold = manifest.get("holdout_fitness")
+    print(f"\nexported: trial {result.trial}, dev fitness {result.value:.4f}"
+          + (f", holdout {hold:.4f} (best of the finalists on holdout)" if hold is not None else "")
+          + " (mean gold-choice probability)")
     print(f"study:    {summary.run_dir / 'study.db'}")
     print(f"recipe:   {result.recipe_path}")
     print(f"model:    {result.model_dir}")
-    print(f"dashboard: .venv/bin/optuna-dashboard {storage_url(summary.run_dir)}   (serves on 127.0.0.1:8080)")
+    print(f"status:   .venv/bin/evomerge status {summary.run_dir}")
+    print(f"plots:    .venv/bin/evomerge plot {summary.run_dir}")
+    print(f"dashboard: .venv/bin/evomerge dashboard {summary.run_dir}   (optuna-dashboard on 127.0.0.1:8080; or "
+          f"optuna-dashboard {storage_url(summary.run_dir)})")
