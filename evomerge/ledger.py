@@ -8,6 +8,7 @@ Rules the rest of the code relies on:
   `index` (position in the optimizer's ask), `genome` (unit-box vector), `fitness` (the scalar the single-objective
   optimizers see), `objectives`, per-set `scores`, `worker`, timings, and `seed_candidate` / `duplicate_of` where
   they apply;
+- a candidate ended by the cheap first pass is PRUNED, with `pruned_reason` and its first-pass scores;
 - trials a dead driver left RUNNING are failed on resume and listed in the study attribute `interrupted`; their
   candidates are evaluated again as new trials;
 - holdout re-checks of finalists live in study attributes `holdout:<trial number>` (finished trials are immutable).
@@ -97,7 +98,12 @@ class Ledger:
         trial.set_user_attr("scores", {name: asdict(s) for name, s in result.scores.items()})
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if result.ok and values is not None and all(math.isfinite(v) for v in values):
+        if result.first_pass is not None and math.isfinite(result.first_pass):
+            trial.set_user_attr("first_pass", result.first_pass)
+        if result.ok and result.pruned:
+            trial.set_user_attr("pruned_reason", result.pruned)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif result.ok and values is not None and all(math.isfinite(v) for v in values):
             self.study.tell(trial, list(values) if self.multi_objective else values[0])
         else:
             trial.set_user_attr("error", result.error or f"non-finite objective values {values}")

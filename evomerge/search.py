@@ -12,6 +12,7 @@ re-scored on the holdout split and export picks by holdout.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -211,10 +212,13 @@ class _Pool:
         print(choice if memory.fits else f"{choice}; memory plan: DOES NOT FIT: {memory.reason}")
         g0 = {g.name: g.init for g in self.space.expand(self.n_layers)}
         template = self.space.recipe(g0, self.n_layers).to_mergekit()
+        objs, weights, _ = _objectives(self.space, True)  # already guarded by the caller
         spec = EvaluatorSpec(template, tuple(e.path for e in self.space.eval_sets), self.space.eval_split,
                              self.space.max_items, self.info.seed,
                              threads=max(1, (os.cpu_count() or 1) // self.opts.workers), backend=choice.name,
-                             memory=memory)
+                             memory=memory, first_pass_items=self.space.search.first_pass_items,
+                             objectives=tuple(objs), objective_weights=dict(weights),
+                             scalarize=self.space.search.scalarize)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                                       logging_level="ERROR")
@@ -329,12 +333,15 @@ class _Loop:
         n_layers = self.pool.n_layers
         trials = self.ledger.trials()
         interrupted = set(self.ledger.interrupted())
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
         record = {(t.user_attrs.get("generation"), t.user_attrs.get("index")): t for t in trials
                   if t.state in finished and t.number not in interrupted and "generation" in t.user_attrs}
         cache = {self._key(t.params): t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
         self.evaluated = sum(1 for t in trials if t.state in finished and "duplicate_of" not in t.user_attrs)
         best = max((fitness_of(t) for t in cache.values()), default=None)
+        first_pass = [t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs]
+        fp = {"best": max(first_pass, default=None)}
+        fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
         replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
         pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers))) for s in self.space.seeds]
         bar = tqdm(total=generations * popsize, desc="search", unit="cand", disable=not self.progress,
@@ -406,11 +413,20 @@ class _Loop:
                     if item.seed_name:
                         attrs["seed_candidate"] = item.seed_name
                     number = self.ledger.start(item.values, attrs)
-                    return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit())
+                    prune_below = None
+                    if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
+                        prune_below = fp_frac * fp["best"] if fp["best"] is not None and fp["best"] > 0 else float("-inf")
+                    return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(),
+                                     prune_below=prune_below)
 
                 for item, result in self.pool.run(queue, start, should_stop):
                     self.evaluated += 1
-                    if result.ok:
+                    if result.first_pass is not None and math.isfinite(result.first_pass):
+                        fp["best"] = result.first_pass if fp["best"] is None else max(fp["best"], result.first_pass)
+                    if result.ok and result.pruned:
+                        self.ledger.finish(result, None)
+                        told[item.index] = None  # the optimizer sees a pruned candidate as the worst
+                    elif result.ok:
                         vals, fit, objs = self._outcome(result.scores)
                         self.ledger.finish(result, vals, {"fitness": fit, "objectives": objs})
                         told[item.index] = vals

@@ -17,7 +17,9 @@ Schema (every shipped file in search_spaces/ is an example):
     eval:     {sets: [{path, weight?}], split?: dev, max_items?: N}
     search:   {optimizer?: cmaes|tpe|gp|nsga2|optuna-cmaes|random, popsize?, generations?, sigma0?, restarts?,
                objectives?: {name: [{set, metric?, weight?}]}, objective_weights?, scalarize?: mean|min,
-               max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3)}
+               max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3),
+               first_pass?: {items: N, min_fraction?: 0.5} (prune candidates whose fitness on N items per set is
+               below that fraction of the best first pass so far, or not finite)}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -174,6 +176,8 @@ class SearchSettings:
     max_minutes: float | None = None
     target: float | None = None  # stop once the scalar fitness reaches this
     finalists: int = 3  # top trials re-scored on the holdout split at the end (0: none)
+    first_pass_items: int | None = None  # cheap first pass: score this many dev items per set first ...
+    first_pass_min_fraction: float = 0.5  # ... and prune when that scores below this fraction of the best first pass
 
 
 @dataclass(frozen=True)
@@ -406,7 +410,7 @@ def parse_space(data: Any, source: str) -> Space:
 
     s = _mapping(top.get("search") or {}, where("search"),
                  {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
-                  "scalarize", "max_evals", "max_minutes", "target", "finalists"})
+                  "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -425,6 +429,14 @@ def parse_space(data: Any, source: str) -> Space:
         raise UserError(where("search.objectives"), "nsga2 needs objectives", "declare search.objectives (two or more)")
     if "finalists" in s and (not isinstance(s["finalists"], int) or isinstance(s["finalists"], bool) or s["finalists"] < 0):
         raise UserError(where("search.finalists"), "must be a non-negative integer", "e.g. 3, or 0 for none")
+    fp = s.get("first_pass")
+    fp_items, fp_frac = None, d.first_pass_min_fraction
+    if fp is not None:
+        fp = _mapping(fp, where("search.first_pass"), {"items", "min_fraction"}, {"items"})
+        fp_items = _posint(fp["items"], where("search.first_pass.items"))
+        fp_frac = _number(fp.get("min_fraction", fp_frac), where("search.first_pass.min_fraction"))
+        if not 0 < fp_frac <= 1:
+            raise UserError(where("search.first_pass.min_fraction"), "must be in (0, 1]", "e.g. 0.5")
     settings = SearchSettings(
         s.get("optimizer", "cmaes"),
         _posint(s["popsize"], where("search.popsize")) if "popsize" in s else d.popsize,
@@ -435,7 +447,7 @@ def parse_space(data: Any, source: str) -> Space:
         _posint(s["max_evals"], where("search.max_evals")) if "max_evals" in s else None,
         _number(s["max_minutes"], where("search.max_minutes")) if "max_minutes" in s else None,
         _number(s["target"], where("search.target")) if "target" in s else None,
-        s.get("finalists", d.finalists))
+        s.get("finalists", d.finalists), fp_items, fp_frac)
 
     build = top.get("build")
     mini, seed = None, 0

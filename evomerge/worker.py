@@ -32,6 +32,10 @@ class EvaluatorSpec:
     threads: int = 1
     backend: str = "hf"  # "hf" or "vllm" (backends/select.py resolves "auto" before workers start)
     memory: MemoryPlan | None = None  # vLLM: KV cache budget, where the sources live, tensor parallel size
+    first_pass_items: int | None = None  # items per set of the cheap first pass (None: no first pass)
+    objectives: tuple = ()  # fitness.Objective specs, to compute a first-pass fitness inside the worker
+    objective_weights: Mapping[str, float] | None = None
+    scalarize: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Candidate:
     number: int
     recipe: Mapping[str, Any]
     split: str = "dev"  # "holdout" only for the finalists' re-check
+    prune_below: float | None = None  # first-pass fitness under which the candidate is pruned (None: no first pass)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class CandidateResult:
     merge_seconds: float = 0.0
     score_seconds: float = 0.0
     worker: str = ""
+    pruned: str | None = None  # why the first pass ended it (then `scores` are the first pass's)
+    first_pass: float | None = None  # the first pass's fitness, when one ran
 
     @property
     def ok(self) -> bool:
@@ -82,8 +89,13 @@ class Evaluator:
             from evomerge.evalsets import load_evalset
 
             spec = self.spec
-            self.prepared_by_split[split] = [evaluation.prepare(self.backend, load_evalset(p), split, None, spec.seed)
-                                             for p in spec.eval_sets]
+            if split == "first_pass":  # a seeded handful of the search split's items
+                sets = [evaluation.prepare(self.backend, load_evalset(p), spec.split, spec.first_pass_items,
+                                           spec.seed + 1) for p in spec.eval_sets]
+            else:
+                sets = [evaluation.prepare(self.backend, load_evalset(p), split, None, spec.seed)
+                        for p in spec.eval_sets]
+            self.prepared_by_split[split] = sets
         return self.prepared_by_split[split]
 
     @classmethod
@@ -113,6 +125,12 @@ class Evaluator:
         try:
             self.apply(Recipe.from_mergekit(dict(candidate.recipe)))
             t1 = time.perf_counter()
+            first = None
+            if candidate.prune_below is not None and self.spec and self.spec.first_pass_items:
+                first, why, fp_scores = self._first_pass(candidate.prune_below)
+                if why:
+                    return CandidateResult(candidate.number, fp_scores, None, t1 - t0, time.perf_counter() - t1,
+                                           self.worker, pruned=why, first_pass=first)
             scores = evaluation.score(self.backend, self._prepared(candidate.split))
             t2 = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
@@ -121,7 +139,20 @@ class Evaluator:
         if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
             return CandidateResult(candidate.number, error="non-finite scores (collapsed model)",
                                    merge_seconds=t1 - t0, score_seconds=t2 - t1, worker=self.worker)
-        return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker)
+        return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker, first_pass=first)
+
+    def _first_pass(self, prune_below: float) -> tuple[float, str | None, Mapping[str, SetScores]]:
+        """Score a handful of dev items; (first-pass fitness, the reason to prune or None, the scores)."""
+        from evomerge import evaluation
+        from evomerge.fitness import objectives, scalarize
+
+        scores = evaluation.score(self.backend, self._prepared("first_pass"))
+        f = scalarize(objectives(scores, self.spec.objectives), self.spec.objective_weights, self.spec.scalarize)
+        if not math.isfinite(f):
+            return f, "first pass: non-finite scores (collapsed model)", scores
+        if f < prune_below:
+            return f, f"first pass {f:.4f} < {prune_below:.4f} on {self.spec.first_pass_items} items per set", scores
+        return f, None, scores
 
 
 def _test_kill_hook(number: int) -> None:

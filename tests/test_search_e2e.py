@@ -83,3 +83,24 @@ def test_same_seed_same_candidates():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_first_pass_prunes_hopeless_candidates(miniature, tmp_path):
+    import yaml
+
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=2, max_items=8)
+    data = yaml.safe_load(space.read_text())
+    data["search"].update(first_pass={"items": 3, "min_fraction": 0.995}, finalists=0)
+    space.write_text(yaml.safe_dump(data))
+    runs = tmp_path / "runs"
+    r = _cli("search", str(space), "--name", "fp", "--runs-dir", str(runs), "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = optuna.load_study(study_name="fp", storage=f"sqlite:///{runs / 'fp' / 'study.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["pruned_reason"].startswith("first pass") for t in pruned)
+    assert all("first_pass" in t.user_attrs for t in trials)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    r = _cli("status", str(runs / "fp"))
+    assert "pruned" in r.stdout, r.stdout
