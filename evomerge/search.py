@@ -176,7 +176,8 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
         started = time.monotonic()
         stopped = "done"
         try:
-            stopped = loop.run(generations, popsize, max_evals, max_minutes, target, started)
+            stopped = loop.run(generations, popsize, max_evals, max_minutes, target, started,
+                               recheck=(st.recheck_every, finalists))
             if stopped != "interrupted" and finalists > 0:
                 loop.recheck_finalists(finalists)
         finally:
@@ -326,7 +327,7 @@ class _Loop:
         fit = scalarize(objs, self.weights, self.how)
         return ([objs[o.name] for o in self.objs] if self.multi else [fit]), fit, objs
 
-    def run(self, generations, popsize, max_evals, max_minutes, target, started) -> str:
+    def run(self, generations, popsize, max_evals, max_minutes, target, started, recheck=(None, 0)) -> str:
         import optuna
         from tqdm import tqdm
 
@@ -341,6 +342,7 @@ class _Loop:
         best = max((fitness_of(t) for t in cache.values()), default=None)
         first_pass = [t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs]
         fp = {"best": max(first_pass, default=None)}
+        obj_best: dict[str, float] = {}  # best value seen per objective, for the progress bar
         fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
         replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
         pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers))) for s in self.space.seeds]
@@ -428,6 +430,8 @@ class _Loop:
                         told[item.index] = None  # the optimizer sees a pruned candidate as the worst
                     elif result.ok:
                         vals, fit, objs = self._outcome(result.scores)
+                        for k, v in objs.items():
+                            obj_best[k] = max(obj_best.get(k, v), v)
                         self.ledger.finish(result, vals, {"fitness": fit, "objectives": objs})
                         told[item.index] = vals
                         cache[self._key(item.values)] = _Done(result.number, vals,
@@ -438,7 +442,8 @@ class _Loop:
                         self.ledger.finish(result, None)
                         told[item.index] = None
                     bar.update(1)
-                    bar.set_postfix(best="-" if best is None else f"{best:.4f}")
+                    bar.set_postfix(best="-" if best is None else f"{best:.4f}",
+                                    **({k: f"{v:.3f}" for k, v in obj_best.items()} if len(obj_best) > 1 else {}))
                 if len(told) < len(items):  # stopped mid-generation: the rest waits for `evomerge resume`
                     bar.write(f"stopped ({stop['why']}) in generation {gen + 1}; continue with `evomerge resume`")
                     return stop["why"] or "interrupted"
@@ -448,6 +453,9 @@ class _Loop:
                                 if self.multi else v[0]) for v in done) if done else None
                 self.per_gen.append(gen_best)
                 bar.write(f"generation {gen + 1}/{generations}: best {_fmt(gen_best)}, best so far {_fmt(best)}")
+                every, k = recheck
+                if every and k and (gen + 1) % every == 0 and gen + 1 < generations:
+                    self.recheck_finalists(k)  # the holdout view of the leaders as the run goes
                 if should_stop():
                     return stop["why"]
             return "done"

@@ -19,7 +19,7 @@ Schema (every shipped file in search_spaces/ is an example):
                objectives?: {name: [{set, metric?, weight?}]}, objective_weights?, scalarize?: mean|min,
                max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3),
                first_pass?: {items: N, min_fraction?: 0.5} (prune candidates whose fitness on N items per set is
-               below that fraction of the best first pass so far, or not finite)}
+               below that fraction of the best first pass so far, or not finite), recheck_every?: K}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -178,6 +178,7 @@ class SearchSettings:
     finalists: int = 3  # top trials re-scored on the holdout split at the end (0: none)
     first_pass_items: int | None = None  # cheap first pass: score this many dev items per set first ...
     first_pass_min_fraction: float = 0.5  # ... and prune when that scores below this fraction of the best first pass
+    recheck_every: int | None = None  # also re-score the finalists on holdout every K generations
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,8 @@ def parse_space(data: Any, source: str) -> Space:
 
     s = _mapping(top.get("search") or {}, where("search"),
                  {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
-                  "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass"})
+                  "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass",
+                  "recheck_every"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -447,7 +449,8 @@ def parse_space(data: Any, source: str) -> Space:
         _posint(s["max_evals"], where("search.max_evals")) if "max_evals" in s else None,
         _number(s["max_minutes"], where("search.max_minutes")) if "max_minutes" in s else None,
         _number(s["target"], where("search.target")) if "target" in s else None,
-        s.get("finalists", d.finalists), fp_items, fp_frac)
+        s.get("finalists", d.finalists), fp_items, fp_frac,
+        _posint(s["recheck_every"], where("search.recheck_every")) if "recheck_every" in s else None)
 
     build = top.get("build")
     mini, seed = None, 0

@@ -54,6 +54,9 @@ def test_search_records_every_candidate_and_export_reproduces_the_score(miniatur
     best = next(t for t in trials if t.number == manifest["trial"])  # the best of the finalists on holdout
     assert manifest["holdout_fitness"] is not None and manifest["versions"]["torch"]
     assert set(manifest["eval_sets"]) == {"mini_xb_facts", "mini_xa_chat"}
+    eff = manifest["effective_weights"]  # instruct at 1.0 everywhere; xb per layer as the trial's genes say
+    for layer in range(4):
+        assert eff[f"layer{layer}.mlp"] == pytest.approx([1.0, manifest["params"][f"w_xb[{layer}]"]], abs=1e-6)
     info = read_run(runs / "e2e")
     sets = [str(REPO / "eval_sets" / n) for n in ("mini_xb_facts", "mini_xa_chat")]
     scores = score_model_dir(str(export / "model"), sets, "dev", 8, info.seed)
@@ -90,7 +93,7 @@ def test_first_pass_prunes_hopeless_candidates(miniature, tmp_path):
 
     space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=2, max_items=8)
     data = yaml.safe_load(space.read_text())
-    data["search"].update(first_pass={"items": 3, "min_fraction": 0.995}, finalists=0)
+    data["search"].update(first_pass={"items": 3, "min_fraction": 0.995}, finalists=1, recheck_every=1)
     space.write_text(yaml.safe_dump(data))
     runs = tmp_path / "runs"
     r = _cli("search", str(space), "--name", "fp", "--runs-dir", str(runs), "--workers", "1", "--no-progress")
@@ -104,3 +107,4 @@ def test_first_pass_prunes_hopeless_candidates(miniature, tmp_path):
     assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     r = _cli("status", str(runs / "fp"))
     assert "pruned" in r.stdout, r.stdout
+    assert any(k.startswith("holdout:") for k in study.user_attrs)  # re-checked after generation 1 and at the end
