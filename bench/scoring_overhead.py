@@ -90,16 +90,13 @@ def interleaved_best(repeat: int, fns: dict) -> dict[str, float]:
 @torch.inference_mode()
 def bare_forward(backend, rows: list[tuple[int, ...]]) -> None:
     """The same rows, batches and padding as HFBackend.loglikelihoods; the model's full logits, nothing read."""
+    from evomerge.backends.hf import pad_batch
+
     order = sorted(range(len(rows)), key=lambda k: -len(rows[k]))
     pad = backend.tokenizer.pad_token_id
     for start in range(0, len(order), backend.batch_size):
         batch = order[start:start + backend.batch_size]
-        width = len(rows[batch[0]])
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, k in enumerate(batch):
-            ids[b, :len(rows[k])] = torch.tensor(rows[k])
-            mask[b, :len(rows[k])] = 1
+        ids, mask = pad_batch([rows[k] for k in batch], pad)
         backend.model(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device)).logits
 
 

@@ -142,12 +142,7 @@ class HFBackend:
         out = [0.0] * len(requests)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            width = len(inputs[batch[0]])
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, k in enumerate(batch):
-                ids[b, :len(inputs[k])] = torch.tensor(inputs[k])
-                mask[b, :len(inputs[k])] = 1
+            ids, mask = pad_batch([inputs[k] for k in batch], pad)
             # which (row, position) predicts which target token, for every request of the batch
             b_idx, p_idx, target, owner, reqs = [], [], [], [], []
             for b, k in enumerate(batch):
@@ -205,12 +200,7 @@ class HFBackend:
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             width = len(prompts[batch[0]])
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, i in enumerate(batch):
-                p = list(prompts[i])
-                ids[b, width - len(p):] = torch.tensor(p)
-                mask[b, width - len(p):] = 1
+            ids, mask = pad_batch([list(prompts[i]) for i in batch], pad, left=True)
             criteria = StoppingCriteriaList([StopStrings(width)]) if stop else None
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=config, stopping_criteria=criteria)
@@ -225,3 +215,16 @@ class HFBackend:
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
     cuts = [text.find(s) for s in stop if s in text]
     return text[:min(cuts)] if cuts else text
+
+
+def pad_batch(seqs, pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows -> (ids, attention mask), padded to the longest row: on the right for scoring (positions need
+    no shift), on the left for generation (every row ends where generation starts)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[b, cols] = torch.tensor(list(seq), dtype=torch.long)
+        mask[b, cols] = 1
+    return ids, mask
