@@ -6,12 +6,14 @@ Rules the rest of the code relies on:
   attribute `error`; finished trials are never changed;
 - params are the gene values (FloatDistribution over each gene's bounds); user attributes hold `generation`,
   `index` (position in the optimizer's ask), `genome` (unit-box vector), `fitness` (the scalar the single-objective
-  optimizers see), `objectives`, per-set `scores`, `worker`, timings, and `seed_candidate` / `duplicate_of` where
-  they apply;
+  optimizers see), `objectives`, per-set `scores`, `worker`, timings (`merge_seconds`, `score_seconds`;
+  `worker_started` / `worker_finished` in epoch seconds on the worker), and `seed_candidate` / `duplicate_of`
+  where they apply;
 - a candidate ended by the cheap first pass is PRUNED, with `pruned_reason` and its first-pass scores;
 - trials a dead driver left RUNNING are failed on resume and listed in the study attribute `interrupted`; their
   candidates are evaluated again as new trials;
-- holdout re-checks of finalists live in study attributes `holdout:<trial number>` (finished trials are immutable).
+- holdout re-checks of finalists live in study attributes `holdout:<trial number>` (finished trials are immutable);
+- the scheduling mode (`pipeline`, search.py) is the study attribute `pipeline`, fixed by the first driver.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ class Ledger:
         trial.set_user_attr("worker", result.worker)
         trial.set_user_attr("merge_seconds", round(result.merge_seconds, 4))
         trial.set_user_attr("score_seconds", round(result.score_seconds, 4))
+        if result.started_at:
+            trial.set_user_attr("worker_started", round(result.started_at, 4))
+            trial.set_user_attr("worker_finished", round(result.finished_at, 4))
         trial.set_user_attr("scores", {name: asdict(s) for name, s in result.scores.items()})
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -129,6 +134,13 @@ class Ledger:
         if running:
             self.study.set_user_attr("interrupted", sorted(set(self.interrupted()) | set(running)))
         return running
+
+    def schedule(self, pipeline: bool) -> bool:
+        """The run's scheduling mode: recorded by the first driver (study attribute `pipeline`) and read back by
+        every resume, since replaying the optimizer needs the order of asks and tells the run was made with."""
+        if "pipeline" not in self.study.user_attrs:
+            self.study.set_user_attr("pipeline", bool(pipeline))
+        return bool(self.study.user_attrs["pipeline"])
 
     def interrupted(self) -> list[int]:
         return list(self.study.user_attrs.get("interrupted", []))

@@ -5,8 +5,9 @@ What a worker holds, per tensor-parallel rank:
 - the engine's weights: the merged model being scored (its shard, on the device);
 - the prepared sources of the resident merge: the base and one task vector per input (linear: the inputs;
   slerp: the other model; TIES / breadcrumbs / DELLA add one magnitude ranking per input);
-- vLLM only: the merged tensors handed to `reload_weights` (the Hugging Face backend merges straight into its
-  live parameters), and the KV cache;
+- vLLM only: the KV cache, and, when the sources are in host memory, one set of pinned merged tensors that
+  `reload_weights` copies from (with the sources on the device the merged tensors are streamed into
+  `reload_weights` one at a time; the Hugging Face backend merges straight into its live parameters);
 - headroom for activations, the CUDA context and fragmentation.
 Sources go on the device when all of that fits there, else in host memory (pinned; `reload_weights` copies the
 merged tensors over one by one). With tensor parallelism every rank merges the full tensors and keeps its shard,
@@ -71,6 +72,8 @@ def resident_copies(method: str, n_inputs: int, dtype: str) -> float:
     if method == "slerp":
         return 2.0  # base and the other model
     copies = 1.0 + n_inputs  # base + one task vector per input
+    if method in ("dare_ties", "dare_linear"):
+        copies += n_inputs * 2 / nbytes  # the template seed's int16 draws, kept (ResidentMerge keep_draws)
     if method in ("ties", "breadcrumbs", "breadcrumbs_ties"):
         copies += n_inputs * 4 / nbytes  # int32 magnitude ranks
     elif method in ("della", "della_linear"):
@@ -89,7 +92,7 @@ class MemoryPlan:
     tensor_parallel: int
     engine_bytes: int  # the model being scored (this rank's shard)
     sources_bytes: int  # the prepared sources (full tensors on every rank)
-    merged_bytes: int  # vLLM: merged tensors handed to reload_weights
+    merged_bytes: int  # vLLM with host sources: the pinned merged tensors reload_weights copies from (else 0)
     sources_on: str  # "device" or "host"
     kv_cache_bytes: int  # vLLM's KV cache budget (0 for hf)
     max_model_len: int
@@ -108,7 +111,8 @@ class MemoryPlan:
                  f"  engine weights   {_gib(self.engine_bytes)}",
                  f"  sources          {_gib(self.sources_bytes)} {place}"]
         if self.backend == "vllm":
-            lines += [f"  merged tensors   {_gib(self.merged_bytes)} (handed to reload_weights), same place",
+            lines += [f"  merged tensors   {_gib(self.merged_bytes)} pinned, copied by reload_weights" if self.merged_bytes
+                      else "  merged tensors   streamed into reload_weights one at a time",
                       f"  KV cache         {_gib(self.kv_cache_bytes)} (max_model_len {self.max_model_len})"]
         lines.append(("  fits: " if self.fits else "  DOES NOT FIT: ") + self.reason)
         return "\n".join(lines)
@@ -131,15 +135,14 @@ def plan_memory(backend: str, size: ModelSize, source_copies: float, *, device: 
     sources = int(size.bytes * source_copies)
     if device == "cpu":
         usable = int(host * (1 - headroom))
-        merged = size.bytes if backend == "vllm" else 0
         kv = 0
         if backend == "vllm":
             kv = max(kv_cache_bytes if kv_cache_bytes is not None else GiB, size.kv_bytes_per_token * max_model_len)
-        need = size.bytes + sources + merged + kv
+        need = size.bytes + sources + kv  # vLLM's merged tensors are streamed (sources on the device)
         fits = need <= usable
         reason = (f"{_gib(need)} of {_gib(usable)} ({workers} worker(s) share {_gib(host_bytes)} of RAM)" if fits
                   else f"needs {_gib(need)}, has {_gib(usable)}: use fewer workers, a smaller dtype, or a GPU")
-        return MemoryPlan(backend, device, usable, usable, 1, size.bytes, sources, merged, "device", kv,
+        return MemoryPlan(backend, device, usable, usable, 1, size.bytes, sources, 0, "device", kv,
                           max_model_len, fits, reason)
 
     usable = int(device_bytes * (1 - headroom))
@@ -154,7 +157,7 @@ def plan_memory(backend: str, size: ModelSize, source_copies: float, *, device: 
 def _gpu_plan(backend: str, size: ModelSize, sources: int, usable: int, host: int, tp: int, max_model_len: int,
               kv_cache_bytes: int | None) -> MemoryPlan:
     engine = -(-size.bytes // tp)
-    merged = size.bytes if backend == "vllm" else 0
+    merged = size.bytes if backend == "vllm" else 0  # host mode only: pinned merged tensors (device mode streams)
     kv_min = -(-size.kv_bytes_per_token * max_model_len // tp) if backend == "vllm" else 0
 
     def plan(on: str, kv: int, fits: bool, reason: str) -> MemoryPlan:
@@ -165,10 +168,11 @@ def _gpu_plan(backend: str, size: ModelSize, sources: int, usable: int, host: in
         left = usable - used
         return min(left, kv_cache_bytes) if kv_cache_bytes is not None else left
 
-    on_device = engine + sources + merged
+    on_device = engine + sources
     if on_device + kv_min <= usable:
         kv = kv_left(on_device) if backend == "vllm" else 0
-        return plan("device", kv, True, f"sources on the GPU next to the engine ({_gib(on_device)} of {_gib(usable)})")
+        return MemoryPlan(backend, "cuda", usable, host, tp, engine, sources, 0, "device", kv, max_model_len, True,
+                          f"sources on the GPU next to the engine ({_gib(on_device)} of {_gib(usable)})")
     if backend == "hf":
         return plan("device", 0, False, f"model + sources need {_gib(on_device)}, the GPU has {_gib(usable)}: "
                                         "use --backend vllm (sources in host memory) or a bigger GPU")

@@ -266,11 +266,13 @@ class ResidentMerge:
     shape). Per candidate nothing proportional to the model is allocated: `combine` writes straight into the
     targets, through per-thread scratch buffers of a cache's size. A model that ties lm_head to its embedding has no
     separate lm_head target; the merged embedding serves both, as it does when the model is loaded from disk.
+    Without `targets` (None), `merged(recipe)` streams the merged tensors one by one instead (vLLM's
+    `reload_weights` takes an iterator; no second copy of the model is kept).
     `keep_draws`: DARE methods keep the template seed's random draws (int16, one per element and input) instead of
     drawing again for every candidate (about 10x faster per candidate; the masks are the same either way).
     """
 
-    def __init__(self, recipe: Recipe, targets: Mapping[str, torch.Tensor], device: str | torch.device = "cpu",
+    def __init__(self, recipe: Recipe, targets: Mapping[str, torch.Tensor] | None, device: str | torch.device = "cpu",
                  allow_pickle: bool = False, keep_draws: bool = True):
         plan = plan_merge(recipe, allow_pickle)
         self.method = METHODS[recipe.merge_method]
@@ -278,20 +280,23 @@ class ResidentMerge:
         self.tokenizer_source = plan.tokenizer_source
         self.n_layers = plan.n_layers
         self.targets: dict[str, torch.Tensor] = {}
-        dtype = torch_dtype(recipe.dtype)
-        device = torch.device(device)
+        self.dtype = dtype = torch_dtype(recipe.dtype)
+        self.device = device = torch.device(device)
+        self._shapes: dict[str, tuple[int, ...]] = {}
         self._prepared: dict[str, tuple[torch.Tensor | None, list[torch.Tensor]]] = {}
         for tp in plan.tensors:
-            target = targets.get(tp.name)
-            if target is None:
-                if plan.family.tied_to(tp.name) and _ties_embeddings(plan.config):
-                    continue  # lm_head is the embedding in the live model
-                raise UserError(tp.name, "tensor not found in the model being scored", "architectures differ")
-            if tuple(target.shape) != tp.shape or target.dtype != dtype:
-                raise UserError(tp.name, f"the model being scored holds {list(target.shape)} {target.dtype}, the "
-                                         f"merge makes {list(tp.shape)} {dtype}",
-                                "load the instruct model in the recipe's dtype")
-            self.targets[tp.name] = target
+            if targets is not None:
+                target = targets.get(tp.name)
+                if target is None:
+                    if plan.family.tied_to(tp.name) and _ties_embeddings(plan.config):
+                        continue  # lm_head is the embedding in the live model
+                    raise UserError(tp.name, "tensor not found in the model being scored", "architectures differ")
+                if tuple(target.shape) != tp.shape or target.dtype != dtype:
+                    raise UserError(tp.name, f"the model being scored holds {list(target.shape)} {target.dtype}, "
+                                             f"the merge makes {list(tp.shape)} {dtype}",
+                                    "load the instruct model in the recipe's dtype")
+                self.targets[tp.name] = target
+            self._shapes[tp.name] = tuple(tp.shape)
             base, inputs = load_inputs(plan, tp, dtype)
             base = base.to(device) if base is not None else None
             # the template's coefficients: DARE keeps its seed's draws (2 bytes an element and input) unless told not
@@ -300,12 +305,27 @@ class ResidentMerge:
                                                                  coeffs=coeffs))
             del inputs
 
-    @torch.no_grad()
-    def apply(self, recipe: Recipe) -> None:
-        """Write the merge of `recipe` (same models and method as at construction) into the targets."""
+    def _check(self, recipe: Recipe) -> None:
         if recipe.sources != self.sources or METHODS[recipe.merge_method] is not self.method:
             raise ValueError("a resident merge serves one set of models and one method")
         if _tokenizer_source(recipe) != self.tokenizer_source:
             raise ValueError("a resident merge serves one tokenizer source")
+
+    @torch.no_grad()
+    def apply(self, recipe: Recipe) -> None:
+        """Write the merge of `recipe` (same models and method as at construction) into the targets."""
+        self._check(recipe)
+        if not self.targets:
+            raise ValueError("this resident merge has no targets; use merged()")
         for name, (base, prepared) in self._prepared.items():
             self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), self.targets[name])
+
+    def merged(self, recipe: Recipe) -> Iterator[tuple[str, torch.Tensor]]:
+        """The merge of `recipe`, tensor by tensor in checkpoint order: (name, a new tensor). The consumer may keep
+        the tensors it is handed (each is fresh); nothing else of model size is allocated."""
+        self._check(recipe)
+        for name, (base, prepared) in self._prepared.items():
+            out = torch.empty(self._shapes[name], dtype=self.dtype, device=self.device)
+            with torch.no_grad():
+                self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), out)
+            yield name, out

@@ -52,6 +52,8 @@ class SearchOptions:
     target: float | None = None
     finalists: int | None = None
     address: str | None = None  # an existing Ray cluster ("auto" or host:port); None: a local instance
+    pipeline: bool | None = None  # no barrier between generations (None: the space's search.pipeline); a resume
+    # keeps the mode the run started with
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,10 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
         optimizer = make_optimizer(opt_name, x0=genome.initial(), stds=genome.stds(), popsize=popsize,
                                    seed=info.seed, n_objectives=len(names), sigma0=st.sigma0 or 1.0,
                                    restarts=st.restarts)
+        pipeline = ledger.schedule(st.pipeline if opts.pipeline is None else opts.pipeline)
         pool = _Pool(space, info, opts, n_layers)
-        loop = _Loop(space, genome, ledger, optimizer, pool, objs, weights, st.scalarize, multi, opts.progress)
+        loop = _Loop(space, genome, ledger, optimizer, pool, objs, weights, st.scalarize, multi, opts.progress,
+                     pipeline)
         started = time.monotonic()
         stopped = "done"
         try:
@@ -250,25 +254,32 @@ class _Pool:
         self.actors = [new if a is dead else a for a in self.actors]
         return new
 
-    def run(self, queue: list, start: Callable[[Any], Candidate], should_stop: Callable[[], bool]):
-        """Hand candidates to whichever worker is free (a trial is opened at hand-over); yield (item, result) as
-        results come back. Stops handing out when should_stop() turns true; in-flight results still come back."""
-        self.start()
-        ray = self.ray
-        idle = list(self.actors)
+    def run(self, next_item: Callable[[], Any], start: Callable[[Any], Candidate], should_stop: Callable[[], bool]):
+        """Hand candidates to whichever worker is free, the moment it is free (a trial is opened at hand-over);
+        yield (item, result) as results come back. `next_item()` gives the next thing to evaluate, or None when
+        nothing is ready (the caller's state changes between yields, so None now may be an item later). Stops
+        handing out when should_stop() turns true; in-flight results still come back. Workers start on the first
+        item (a fully replayed resume starts none)."""
+        idle: list | None = None
         inflight: dict = {}  # ref -> (actor, item, candidate, tries so far)
         retry: list = []  # (item, candidate, tries): trials already open whose worker died; they go first
-        while retry or (queue and not should_stop()) or inflight:
-            while idle and (retry or (queue and not should_stop())):
+        while True:
+            while (idle is None or idle) and (retry or not should_stop()):
                 if retry:
                     item, cand, tries = retry.pop(0)
                 else:
-                    item = queue.pop(0)
+                    item = next_item()
+                    if item is None:
+                        break
+                    if idle is None:
+                        self.start()
+                        idle = list(self.actors)
                     cand, tries = start(item), 0
                 actor = idle.pop(0)
                 inflight[actor.evaluate.remote(cand)] = (actor, item, cand, tries + 1)
             if not inflight:
-                break
+                return
+            ray = self.ray
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
                 actor, item, cand, tries = inflight.pop(ref)
@@ -304,6 +315,8 @@ class _Done:
 
 @dataclass
 class _Item:
+    """A candidate of a generation, to be dispatched."""
+
     gen: int
     index: int
     x: list[float]
@@ -311,10 +324,42 @@ class _Item:
     seed_name: str | None
 
 
+@dataclass(frozen=True)
+class _Recheck:
+    """A finalist to re-score on the holdout split."""
+
+    trial: Any  # an Optuna FrozenTrial
+
+
+@dataclass
+class _Gen:
+    """One generation between its ask and its tell."""
+
+    number: int
+    items: list[tuple[int, list[float]]]  # (index, point) as asked: what the tell reports on
+    told: dict[int, list[float] | None]  # index -> objective values (None: failed or pruned)
+    queue: list[_Item]  # candidates not yet handed to a worker
+
+    @property
+    def complete(self) -> bool:
+        return len(self.told) == len(self.items)
+
+
 class _Loop:
-    def __init__(self, space, genome, ledger, optimizer, pool, objs, weights, how, multi, progress) -> None:
+    """Ask -> dispatch -> record -> tell, with no barrier between generations.
+
+    The order of the optimizer's calls depends only on the results, never on timing, so that replaying the ledger
+    rebuilds the optimizer exactly: with `pipeline` on, generation g+1 is asked as soon as g's last candidate is
+    handed out and g-1 is told (so a free worker takes g+1's candidates while g's last ones finish), and g is told
+    once all its results are in: ask 0, ask 1, tell 0, ask 2, tell 1, ... Without `pipeline`: ask 0, tell 0, ask 1,
+    ... (a barrier at each generation's end, as mergekit-evolve's pool has).
+    """
+
+    def __init__(self, space, genome, ledger, optimizer, pool, objs, weights, how, multi, progress,
+                 pipeline: bool = True) -> None:
         self.space, self.genome, self.ledger, self.optimizer, self.pool = space, genome, ledger, optimizer, pool
         self.objs, self.weights, self.how, self.multi, self.progress = objs, weights, how, multi, progress
+        self.pipeline = pipeline
         self.per_gen: list[float | None] = []
         self.evaluated = 0
         self.interrupted = False
@@ -331,24 +376,27 @@ class _Loop:
         import optuna
         from tqdm import tqdm
 
-        n_layers = self.pool.n_layers
         trials = self.ledger.trials()
         interrupted = set(self.ledger.interrupted())
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
-        record = {(t.user_attrs.get("generation"), t.user_attrs.get("index")): t for t in trials
-                  if t.state in finished and t.number not in interrupted and "generation" in t.user_attrs}
-        cache = {self._key(t.params): t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+        self.record = {(t.user_attrs.get("generation"), t.user_attrs.get("index")): t for t in trials
+                       if t.state in finished and t.number not in interrupted and "generation" in t.user_attrs}
+        self.cache = {self._key(t.params): t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
         self.evaluated = sum(1 for t in trials if t.state in finished and "duplicate_of" not in t.user_attrs)
-        best = max((fitness_of(t) for t in cache.values()), default=None)
-        first_pass = [t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs]
-        fp = {"best": max(first_pass, default=None)}
-        obj_best: dict[str, float] = {}  # best value seen per objective, for the progress bar
-        fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
-        replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
-        pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers))) for s in self.space.seeds]
-        bar = tqdm(total=generations * popsize, desc="search", unit="cand", disable=not self.progress,
-                   file=sys.stderr, dynamic_ncols=True)
-        stop = {"why": None}
+        self.best = max((fitness_of(t) for t in self.cache.values()), default=None)
+        self.fp_best = max((t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs), default=None)
+        self.obj_best: dict[str, float] = {}  # best value seen per objective, for the progress bar
+        self.replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
+        n_layers = self.pool.n_layers
+        self.pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers)))
+                              for s in self.space.seeds]
+        self.generations, self.popsize, self.recheck = generations, popsize, recheck
+        self.open: list[_Gen] = []
+        self.next_gen = 0
+        self.rechecks: list[_Recheck] = []
+        self.bar = tqdm(total=generations * popsize, desc="search", unit="cand", disable=not self.progress,
+                        file=sys.stderr, dynamic_ncols=True)
+        stop: dict[str, str | None] = {"why": None}
 
         def should_stop() -> bool:
             if self.interrupted:
@@ -357,111 +405,163 @@ class _Loop:
                 stop["why"] = "max_evals"
             elif max_minutes is not None and time.monotonic() - started > max_minutes * 60:
                 stop["why"] = "max_minutes"
-            elif target is not None and best is not None and best >= target:
+            elif target is not None and self.best is not None and self.best >= target:
                 stop["why"] = "target"
             return stop["why"] is not None
 
+        self.should_stop = should_stop
         previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum, frame):  # first Ctrl-C: finish in-flight candidates; second: abort at once
             if self.interrupted:
                 raise KeyboardInterrupt
             self.interrupted = True
-            bar.write("interrupted: recording the candidates in flight, then stopping (Ctrl-C again aborts)")
+            self.bar.write("interrupted: recording the candidates in flight, then stopping (Ctrl-C again aborts)")
 
         signal.signal(signal.SIGINT, on_sigint)
         try:
-            for gen in range(generations):
-                batch, pending_seeds = pending_seeds[:popsize], pending_seeds[popsize:]
-                recorded = sorted((t for (g, _), t in record.items() if g == gen), key=lambda t: t.user_attrs["index"])
-                if batch:
-                    self.optimizer.inject([x for _, x in batch])
-                if not replayable and recorded:
-                    # Optuna samplers: their state is their trials, so the recorded ones are added back as they are
-                    self.optimizer.replay([t.user_attrs["genome"] for t in recorded], [self._told(t) for t in recorded])
-                    if len(recorded) >= popsize:
-                        self._note_gen(gen, recorded, bar)
-                        continue
-                    first = max(t.user_attrs["index"] for t in recorded) + 1
-                    items = list(enumerate(self.optimizer.ask(popsize - len(recorded)), start=first))
+            for item, result in self.pool.run(self._next_item, self._start, should_stop):
+                if isinstance(item, _Recheck):
+                    fit = self._record_holdout(item.trial, result)
+                    self.bar.write(f"holdout re-check of trial {item.trial.number}: {_fmt(fit)}")
                 else:
-                    items = list(enumerate(self.optimizer.ask()))
-                told: dict[int, list[float] | None] = {}
-                queue: list[_Item] = []
-                for i, x in items:
-                    t = record.get((gen, i)) if replayable else None
-                    if t is not None:
-                        if max(abs(a - b) for a, b in zip(x, t.user_attrs["genome"])) > 1e-9:
-                            raise RuntimeError(f"replay diverged at generation {gen} (trial {t.number}): the "
-                                               "optimizer asked another point than the recorded one")
-                        told[i] = self._told(t)
-                        bar.update(1)
-                        continue
-                    values = self.genome.decode(x)
-                    seed_name = None
-                    if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:
-                        seed_name = batch[i][0]  # pycma nudges points lying on a bound
-                    dup = cache.get(self._key(values))
-                    if dup is not None:
-                        attrs = {"generation": gen, "index": i, "genome": x}
-                        self.ledger.record_duplicate(values, attrs, dup)
-                        told[i] = list(dup.values)
-                        bar.update(1)
-                        continue
-                    queue.append(_Item(gen, i, x, values, seed_name))
-
-                def start(item: _Item) -> Candidate:
-                    attrs = {"generation": item.gen, "index": item.index, "genome": item.x}
-                    if item.seed_name:
-                        attrs["seed_candidate"] = item.seed_name
-                    number = self.ledger.start(item.values, attrs)
-                    prune_below = None
-                    if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
-                        prune_below = fp_frac * fp["best"] if fp["best"] is not None and fp["best"] > 0 else float("-inf")
-                    return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(),
-                                     prune_below=prune_below)
-
-                for item, result in self.pool.run(queue, start, should_stop):
-                    self.evaluated += 1
-                    if result.first_pass is not None and math.isfinite(result.first_pass):
-                        fp["best"] = result.first_pass if fp["best"] is None else max(fp["best"], result.first_pass)
-                    if result.ok and result.pruned:
-                        self.ledger.finish(result, None)
-                        told[item.index] = None  # the optimizer sees a pruned candidate as the worst
-                    elif result.ok:
-                        vals, fit, objs = self._outcome(result.scores)
-                        for k, v in objs.items():
-                            obj_best[k] = max(obj_best.get(k, v), v)
-                        self.ledger.finish(result, vals, {"fitness": fit, "objectives": objs})
-                        told[item.index] = vals
-                        cache[self._key(item.values)] = _Done(result.number, vals,
-                                                             {"fitness": fit, "objectives": objs, "scores":
-                                                              {n: asdict(sc) for n, sc in result.scores.items()}})
-                        best = fit if best is None or fit > best else best
-                    else:
-                        self.ledger.finish(result, None)
-                        told[item.index] = None
-                    bar.update(1)
-                    bar.set_postfix(best="-" if best is None else f"{best:.4f}",
-                                    **({k: f"{v:.3f}" for k, v in obj_best.items()} if len(obj_best) > 1 else {}))
-                if len(told) < len(items):  # stopped mid-generation: the rest waits for `evomerge resume`
-                    bar.write(f"stopped ({stop['why']}) in generation {gen + 1}; continue with `evomerge resume`")
-                    return stop["why"] or "interrupted"
-                self.optimizer.tell([x for _, x in items], [told[i] for i, _ in items])
-                done = [v for v in told.values() if v is not None]
-                gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
-                                if self.multi else v[0]) for v in done) if done else None
-                self.per_gen.append(gen_best)
-                bar.write(f"generation {gen + 1}/{generations}: best {_fmt(gen_best)}, best so far {_fmt(best)}")
-                every, k = recheck
-                if every and k and (gen + 1) % every == 0 and gen + 1 < generations:
-                    self.recheck_finalists(k)  # the holdout view of the leaders as the run goes
-                if should_stop():
-                    return stop["why"]
+                    self._record(item, result)
+            self._advance()  # tells what the last results completed
+            if self.open or self.next_gen < generations:  # stopped early: the rest waits for `evomerge resume`
+                gen = self.open[0].number if self.open else self.next_gen
+                self.bar.write(f"stopped ({stop['why']}) in generation {gen + 1}; continue with `evomerge resume`")
+                return stop["why"] or "interrupted"
             return "done"
         finally:
             signal.signal(signal.SIGINT, previous)
-            bar.close()
+            self.bar.close()
+
+    # -- scheduling: what to hand out next, and the optimizer's asks and tells in their one order ---------------
+
+    def _next_item(self) -> _Item | _Recheck | None:
+        self._advance()
+        if self.rechecks:
+            return self.rechecks.pop(0)
+        for g in self.open:
+            if g.queue:
+                item = g.queue.pop(0)
+                if not g.queue:
+                    self._advance()  # g is all handed out: ask g+1 now, before any of g's results can tell g
+                return item
+        return None
+
+    def _advance(self) -> None:
+        while True:
+            if self._may_open():
+                self.open.append(self._open(self.next_gen))
+                self.next_gen += 1
+            elif self.open and self.open[0].complete:
+                self._close(self.open.pop(0))
+            else:
+                return
+
+    def _may_open(self) -> bool:
+        if self.next_gen >= self.generations or self.should_stop():
+            return False
+        if not self.open:
+            return True
+        return self.pipeline and len(self.open) == 1 and not self.open[0].queue
+
+    def _open(self, gen: int) -> _Gen:
+        """Ask generation `gen`; candidates already in the ledger (or equal to an evaluated one) are taken from it."""
+        popsize = self.popsize
+        batch, self.pending_seeds = self.pending_seeds[:popsize], self.pending_seeds[popsize:]
+        recorded = sorted((t for (g, _), t in self.record.items() if g == gen), key=lambda t: t.user_attrs["index"])
+        if batch:
+            self.optimizer.inject([x for _, x in batch])
+        if not self.replayable and recorded:
+            # Optuna samplers: their state is their trials, so the recorded ones are added back as they are
+            self.optimizer.replay([t.user_attrs["genome"] for t in recorded], [self._told(t) for t in recorded])
+            self._note_gen(recorded)
+            if len(recorded) >= popsize:
+                return _Gen(gen, [], {}, [])
+            first = max(t.user_attrs["index"] for t in recorded) + 1
+            items = list(enumerate(self.optimizer.ask(popsize - len(recorded)), start=first))
+        else:
+            items = list(enumerate(self.optimizer.ask()))
+        g = _Gen(gen, items, {}, [])
+        for i, x in items:
+            t = self.record.get((gen, i)) if self.replayable else None
+            if t is not None:
+                if max(abs(a - b) for a, b in zip(x, t.user_attrs["genome"])) > 1e-9:
+                    raise RuntimeError(f"replay diverged at generation {gen} (trial {t.number}): the "
+                                       "optimizer asked another point than the recorded one")
+                g.told[i] = self._told(t)
+                self.bar.update(1)
+                continue
+            values = self.genome.decode(x)
+            seed_name = None
+            if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:
+                seed_name = batch[i][0]  # pycma nudges points lying on a bound
+            dup = self.cache.get(self._key(values))
+            if dup is not None:
+                self.ledger.record_duplicate(values, {"generation": gen, "index": i, "genome": x}, dup)
+                g.told[i] = list(dup.values)
+                self.bar.update(1)
+                continue
+            g.queue.append(_Item(gen, i, x, values, seed_name))
+        return g
+
+    def _close(self, g: _Gen) -> None:
+        """Tell generation g's results (skipped for a generation an Optuna replay already holds)."""
+        if not g.items:
+            return
+        self.optimizer.tell([x for _, x in g.items], [g.told[i] for i, _ in g.items])
+        done = [v for v in g.told.values() if v is not None]
+        gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
+                        if self.multi else v[0]) for v in done) if done else None
+        self.per_gen.append(gen_best)
+        self.bar.write(f"generation {g.number + 1}/{self.generations}: best {_fmt(gen_best)}, "
+                       f"best so far {_fmt(self.best)}")
+        every, k = self.recheck
+        if every and k and (g.number + 1) % every == 0 and g.number + 1 < self.generations:
+            self.rechecks += self._finalists_to_recheck(k)  # the holdout view of the leaders as the run goes
+
+    # -- recording results ----------------------------------------------------------------------------------
+
+    def _start(self, item: _Item | _Recheck) -> Candidate:
+        n_layers = self.pool.n_layers
+        if isinstance(item, _Recheck):
+            return Candidate(item.trial.number, self.space.recipe(item.trial.params, n_layers).to_mergekit(),
+                             split="holdout")
+        attrs = {"generation": item.gen, "index": item.index, "genome": item.x}
+        if item.seed_name:
+            attrs["seed_candidate"] = item.seed_name
+        number = self.ledger.start(item.values, attrs)
+        prune_below = None
+        fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
+        if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
+            prune_below = fp_frac * self.fp_best if self.fp_best is not None and self.fp_best > 0 else float("-inf")
+        return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(), prune_below=prune_below)
+
+    def _record(self, item: _Item, result: CandidateResult) -> None:
+        g = next(g for g in self.open if g.number == item.gen)
+        self.evaluated += 1
+        if result.first_pass is not None and math.isfinite(result.first_pass):
+            self.fp_best = result.first_pass if self.fp_best is None else max(self.fp_best, result.first_pass)
+        if result.ok and result.pruned:
+            self.ledger.finish(result, None)
+            g.told[item.index] = None  # the optimizer sees a pruned candidate as the worst
+        elif result.ok:
+            vals, fit, objs = self._outcome(result.scores)
+            for k, v in objs.items():
+                self.obj_best[k] = max(self.obj_best.get(k, v), v)
+            self.ledger.finish(result, vals, {"fitness": fit, "objectives": objs})
+            g.told[item.index] = vals
+            self.cache[self._key(item.values)] = _Done(result.number, vals, {
+                "fitness": fit, "objectives": objs, "scores": {n: asdict(sc) for n, sc in result.scores.items()}})
+            self.best = fit if self.best is None or fit > self.best else self.best
+        else:
+            self.ledger.finish(result, None)
+            g.told[item.index] = None
+        self.bar.update(1)
+        self.bar.set_postfix(best=_fmt(self.best),
+                             **({k: f"{v:.3f}" for k, v in self.obj_best.items()} if len(self.obj_best) > 1 else {}))
 
     def _told(self, trial) -> list[float] | None:
         import optuna
@@ -470,34 +570,38 @@ class _Loop:
             return None
         return list(trial.values)
 
-    def _note_gen(self, gen, recorded, bar) -> None:
-        vals = [fitness_of(t) for t in recorded if t.values]
-        self.per_gen.append(max(vals) if vals else None)
-        bar.update(len(recorded))
+    def _note_gen(self, recorded) -> None:
+        self.bar.update(len(recorded))
+        if len(recorded) >= self.popsize:
+            vals = [fitness_of(t) for t in recorded if t.values]
+            self.per_gen.append(max(vals) if vals else None)
 
-    def recheck_finalists(self, k: int) -> None:
-        """Re-score the top-k trials (by dev fitness) on the holdout split; export then picks by holdout."""
+    def _finalists_to_recheck(self, k: int) -> list[_Recheck]:
+        """The top-k trials by dev fitness that have no holdout score yet."""
         import optuna
 
         done = [t for t in self.ledger.trials()
                 if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
-        top = sorted(done, key=lambda t: -fitness_of(t))[:k]
         have = self.ledger.holdout()
-        todo = [t for t in top if t.number not in have]
-        if not todo:
+        return [_Recheck(t) for t in sorted(done, key=lambda t: -fitness_of(t))[:k] if t.number not in have]
+
+    def _record_holdout(self, trial, result: CandidateResult) -> float | None:
+        """Store a finalist's holdout fitness (a failed re-check stores nothing); returns it."""
+        if not result.ok:
+            return None
+        _, fit, _ = self._outcome(result.scores)
+        self.ledger.set_holdout(trial.number, fit, {n: asdict(s) for n, s in result.scores.items()})
+        return fit
+
+    def recheck_finalists(self, k: int) -> None:
+        """Re-score the top-k trials (by dev fitness) on the holdout split; export then picks by holdout."""
+        queue = self._finalists_to_recheck(k)
+        if not queue:
             return
-        n_layers = self.pool.n_layers
-        queue = list(todo)
-
-        def start(t) -> Candidate:
-            return Candidate(t.number, self.space.recipe(t.params, n_layers).to_mergekit(), split="holdout")
-
-        for t, result in self.pool.run(queue, start, lambda: False):
-            if result.ok:
-                _, fit, _ = self._outcome(result.scores)
-                self.ledger.set_holdout(t.number, fit, {n: asdict(s) for n, s in result.scores.items()})
+        for item, result in self.pool.run(lambda: queue.pop(0) if queue else None, self._start, lambda: False):
+            self._record_holdout(item.trial, result)
         hold = self.ledger.holdout()
-        line = ", ".join(f"trial {n}: {hold[n]['fitness']:.4f}" for n in sorted(hold, key=lambda n: -hold[n]['fitness']))
+        line = ", ".join(f"trial {n}: {hold[n]['fitness']:.4f}" for n in sorted(hold, key=lambda n: -hold[n]["fitness"]))
         print(f"finalists on holdout: {line}")
 
     def summary(self, run_dir: Path, stopped: str) -> SearchSummary:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from evomerge.memplan import MemoryPlan
@@ -60,6 +60,8 @@ class CandidateResult:
     worker: str = ""
     pruned: str | None = None  # why the first pass ended it (then `scores` are the first pass's)
     first_pass: float | None = None  # the first pass's fitness, when one ran
+    started_at: float = 0.0  # wall clock (epoch seconds) on the worker when the candidate began and ended:
+    finished_at: float = 0.0  # what the busy-fraction benchmark and the dashboard's timeline read
 
     @property
     def ok(self) -> bool:
@@ -117,10 +119,15 @@ class Evaluator:
 
     def evaluate(self, candidate: Candidate) -> CandidateResult:
         """Merge the candidate into the resident model and score it; failures come back as values."""
+        _test_kill_hook(candidate.number)
+        started = time.time()
+        result = self._evaluate(candidate)
+        return replace(result, started_at=started, finished_at=time.time())
+
+    def _evaluate(self, candidate: Candidate) -> CandidateResult:
         from evomerge import evaluation
         from evomerge.recipe import Recipe
 
-        _test_kill_hook(candidate.number)
         t0 = time.perf_counter()
         try:
             self.apply(Recipe.from_mergekit(dict(candidate.recipe)))

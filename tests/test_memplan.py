@@ -34,25 +34,27 @@ def test_model_size_of_llama31_8b():
     assert model_size({**LLAMA31_8B, "tie_word_embeddings": True}, "bfloat16").numel == 8_030_261_248 - 128256 * 4096
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della",
-                                    "slerp"])
-def test_resident_copies_is_what_prepare_keeps(method, llama_trio):
-    """Bytes of the base and every prepared tensor, over the bytes of one model: the plan's `resident_copies`."""
-    import torch
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
+                                    "della", "slerp"])
+def test_resident_copies_is_what_a_resident_merge_keeps(method, llama_trio):
+    """Bytes of the base and every prepared tensor a ResidentMerge keeps (DARE: with its kept draws), over the
+    bytes of one model: the plan's `resident_copies`."""
+    import math
 
-    from evomerge.methods import METHODS
-    from evomerge.tensors import ModelFiles
+    from evomerge.merge import ResidentMerge
+    from evomerge.recipe import PER_MODEL_DEFAULTS, Recipe
 
-    base = ModelFiles.open(llama_trio["base"])
-    inputs = [ModelFiles.open(llama_trio[k]) for k in (("eu",) if method == "slerp" else ("instruct", "eu"))]
-    kept = one = 0
-    for name in base.names():
-        b = base.get(name, torch.float32)
-        prepared = METHODS[method].prepare(b if METHODS[method].needs_base else None,
-                                           [f.get(name, torch.float32) for f in inputs])
-        kept += sum(t.numel() * t.element_size() for t in prepared)
-        kept += b.numel() * b.element_size() if METHODS[method].needs_base else 0
-        one += b.numel() * b.element_size()
+    inputs = ["eu"] if method == "slerp" else ["instruct", "eu"]
+    per_model = {k: v for k, v in {"weight": 0.5, "density": 0.5}.items() if k in PER_MODEL_DEFAULTS[method]}
+    recipe = Recipe.from_mergekit({
+        "merge_method": method, "dtype": "float32",
+        **({} if method == "linear" else {"base_model": str(llama_trio["base"])}),
+        "parameters": {"t": 0.5} if method == "slerp" else {"random_seed": 3} if method.startswith("dare") else {},
+        "models": [{"model": str(llama_trio[k]), "parameters": per_model} for k in inputs]})
+    merge = ResidentMerge(recipe, None)
+    kept = sum(t.numel() * t.element_size() for base, prepared in merge._prepared.values()
+               for t in ([base] if base is not None else []) + list(prepared))
+    one = sum(4 * math.prod(shape) for shape in merge._shapes.values())
     assert kept / one == pytest.approx(resident_copies(method, len(inputs), "float32"), rel=1e-3)
 
 
@@ -65,20 +67,21 @@ def _plan(**kw):
 
 
 def test_sources_stay_on_the_gpu_when_they_fit_next_to_the_engine():
-    plan = _plan(device_bytes=141 * GiB)  # an H200: 15 GiB of weights + 45 GiB of sources + 15 GiB merged
-    assert plan.fits and plan.sources_on == "device" and plan.tensor_parallel == 1
+    plan = _plan(device_bytes=80 * GiB)  # an H100: 15 GiB of weights + 45 GiB of sources, merged ones streamed
+    assert plan.fits and plan.sources_on == "device" and plan.tensor_parallel == 1 and plan.merged_bytes == 0
     assert plan.engine_bytes == model_size(LLAMA31_8B, "bfloat16").bytes
-    used = plan.engine_bytes + plan.sources_bytes + plan.merged_bytes + plan.kv_cache_bytes
+    used = plan.engine_bytes + plan.sources_bytes + plan.kv_cache_bytes
     assert used == plan.device_bytes  # the KV cache takes the rest
     assert _plan(device_bytes=141 * GiB, kv_cache_bytes=8 * GiB).kv_cache_bytes == 8 * GiB
 
 
 def test_sources_go_to_host_memory_when_the_gpu_is_too_small():
-    plan = _plan(device_bytes=80 * GiB)  # an H100
-    assert plan.fits and plan.sources_on == "host"
+    four = resident_copies("task_arithmetic", 5, "bfloat16")  # instruct + 4 languages: 90 GiB of sources
+    plan = _plan(device_bytes=80 * GiB, source_copies=four)  # an H100
+    assert plan.fits and plan.sources_on == "host" and plan.merged_bytes == plan.engine_bytes  # pinned, once
     assert plan.kv_cache_bytes == plan.device_bytes - plan.engine_bytes
     assert "pinned host memory" in plan.describe()
-    short = _plan(device_bytes=80 * GiB, host_bytes=40 * GiB)  # the host cannot hold them either
+    short = _plan(device_bytes=80 * GiB, host_bytes=40 * GiB, source_copies=four)  # nor can the host hold them
     assert not short.fits and "host memory" in short.reason
 
 

@@ -10,9 +10,10 @@ How a candidate reaches the running engine (no engine restart, no private attrib
       LLM(worker_extension_cls=MergeExtension) ->  MergeExtension is mixed into vLLM's worker class
       collective_rpc("evomerge_init", template) -> ResidentMerge: sources prepared once (deltas resident)
     backend.apply(recipe)
-      collective_rpc("evomerge_apply", recipe) ->  ResidentMerge.apply into merged tensors (the kernels of
-                                                   merge_to_disk), then Worker.reload_weights(iterator): vLLM's
-                                                   public in-place reload (shards, fuses qkv, repacks)
+      collective_rpc("evomerge_apply", recipe) ->  ResidentMerge.merged(recipe): the merged tensors one by one
+                                                   (the kernels of merge_to_disk), streamed into
+                                                   Worker.reload_weights(iterator): vLLM's public in-place
+                                                   reload (shards, fuses qkv, repacks)
       llm.reset_prefix_cache()                     (cached prefixes hold the previous weights' keys and values)
 
 Tensor parallelism: every rank builds the full merged tensors and `reload_weights` keeps that rank's shard, so
@@ -43,9 +44,9 @@ class MergeExtension:
     def evomerge_init(self, recipe: Mapping[str, Any], sources_on: str = "device") -> None:
         """Prepare the sources of `recipe` (its models and method) once.
 
-        sources_on: "device" keeps the prepared sources and the merged tensors on this rank's device; "host"
-        keeps them in host memory (pinned when there is a GPU) and `reload_weights` copies them over tensor by
-        tensor.
+        sources_on: "device" keeps the prepared sources on this rank's device and streams each candidate's merged
+        tensors into `reload_weights` one by one; "host" keeps the sources and one set of merged tensors in host
+        memory (pinned when there is a GPU) and `reload_weights` copies them over tensor by tensor.
         """
         import torch
 
@@ -54,14 +55,18 @@ class MergeExtension:
         from evomerge.tensors import torch_dtype
 
         template = Recipe.from_mergekit(dict(recipe))
-        device = self.device if sources_on == "device" else torch.device("cpu")
-        pin = device.type == "cpu" and torch.cuda.is_available()
+        if sources_on == "device":
+            # merged tensors are made one at a time and handed to reload_weights as they come (no model copy)
+            self.evomerge_resident = ResidentMerge(template, None, self.device)
+            self.evomerge_merged = None
+            return
+        # Host: the merged tensors vLLM copies from, pinned once (pinning per candidate would cost more than the
+        # merge) and rewritten by every candidate. reload_weights holds on to a layer's tensors until the layer
+        # is complete, so they must not alias.
+        pin = torch.cuda.is_available()
         dtype = torch_dtype(template.dtype)
-        # The merged tensors vLLM reloads from, one per output tensor, rewritten by every candidate.
-        # (reload_weights holds on to a layer's tensors until the layer is complete, so they must not alias.)
-        merged = {t.name: torch.empty(t.shape, dtype=dtype, device=device, pin_memory=pin)
-                  for t in plan_merge(template).tensors}
-        self.evomerge_resident = ResidentMerge(template, merged, device)
+        merged = {t.name: torch.empty(t.shape, dtype=dtype, pin_memory=pin) for t in plan_merge(template).tensors}
+        self.evomerge_resident = ResidentMerge(template, merged, "cpu")
         self.evomerge_merged = merged
 
     def evomerge_apply(self, recipe: Mapping[str, Any]) -> None:
@@ -70,10 +75,15 @@ class MergeExtension:
 
         from evomerge.recipe import Recipe
 
-        self.evomerge_resident.apply(Recipe.from_mergekit(dict(recipe)))
+        candidate = Recipe.from_mergekit(dict(recipe))
+        if self.evomerge_merged is None:
+            weights = self.evomerge_resident.merged(candidate)
+        else:
+            self.evomerge_resident.apply(candidate)
+            weights = iter(self.evomerge_merged.items())
         with torch.inference_mode():
             # Worker.reload_weights: vLLM's public in-place reload, in checkpoint format (names, unfused, unsharded)
-            self.reload_weights(weights_iterator=iter(self.evomerge_merged.items()), is_checkpoint_format=True)
+            self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
 
 
 class VLLMBackend:

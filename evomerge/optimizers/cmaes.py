@@ -17,6 +17,8 @@ class CmaEs:
         self.x0, self.stds, self.sigma0, self.seed = list(x0), list(stds), sigma0, seed
         self.popsize, self.restarts_left, self.restarts_done = popsize, restarts, 0
         self._es = self._new(popsize)
+        self._asked_by: dict[tuple[float, ...], int] = {}  # point -> the restart that asked it
+        self._told_since_ask = False
 
     def _new(self, popsize: int):
         import warnings
@@ -31,8 +33,14 @@ class CmaEs:
         return cma.CMAEvolutionStrategy(self.x0, self.sigma0, opts)
 
     def ask(self) -> list[list[float]]:
-        """One generation of candidates (unit coordinates, inside the box)."""
-        return [list(map(float, x)) for x in self._es.ask()]
+        """One generation of candidates (unit coordinates, inside the box). May be called again before the last
+        generation is told (the search's pipeline): pycma keeps every asked point, and the later tell uses it as
+        sampled from the distribution one update earlier."""
+        xs = [list(map(float, x)) for x in self._es.ask()]
+        self._told_since_ask = False
+        for x in xs:
+            self._asked_by[tuple(x)] = self.restarts_done
+        return xs
 
     def inject(self, xs: Sequence[Sequence[float]]) -> None:
         """Make the next ask start with these points (e.g. seed candidates), used as given."""
@@ -44,13 +52,22 @@ class CmaEs:
         """Report a generation's objective values (None for failed candidates); restart when converged."""
         import numpy as np
 
+        asked_by = [self._asked_by.pop(tuple(map(float, x)), self.restarts_done) for x in xs]
+        if any(r != self.restarts_done for r in asked_by):
+            return  # asked before a restart (pipelined), told after it: the fresh strategy starts without them
+        if self._told_since_ask:
+            # two tells in a row (a pipelined run's last generations): pycma takes one tell per ask, so draw (and
+            # drop) a generation in between; deterministic, so a replay does the same
+            self._es.ask()
         losses = [FAILED_LOSS if v is None else -float(v[0]) for v in values]
         self._es.tell([np.asarray(x) for x in xs], losses)
+        self._told_since_ask = True
         if self.restarts_left > 0 and self._es.stop() and "maxiter" not in self._es.stop():
             self.restarts_left -= 1
             self.restarts_done += 1
             self.popsize *= 2  # IPOP
             self._es = self._new(self.popsize)
+            self._told_since_ask = False
 
     def replay(self, xs: Sequence[Sequence[float]], values: Sequence[Sequence[float] | None]) -> list[list[float]]:
         """Re-ask a recorded generation and tell its recorded values; returns what was asked (the caller checks it

@@ -39,11 +39,16 @@ class OptunaSampler:
         self.multi_objective = n_objectives > 1
         self.study = optuna.create_study(directions=["maximize"] * n_objectives, sampler=_sampler(name, seed, popsize))
         self.dists = {f"z{i}": FloatDistribution(0.0, 1.0) for i in range(dim)}
-        self._pending: list = []
+        self._pending: dict[tuple[float, ...], list] = {}  # asked, not yet told: point -> its open trials
 
     def ask(self, n: int | None = None) -> list[list[float]]:
-        self._pending = [self.study.ask(self.dists) for _ in range(n or self.popsize)]
-        return [[t.params[k] for k in self.dists] for t in self._pending]
+        """`n` (default popsize) candidates; may be called again before the last ones are told (the search's
+        pipeline asks generation g+1 while g finishes; Optuna's samplers see g's trials as running)."""
+        trials = [self.study.ask(self.dists) for _ in range(n or self.popsize)]
+        xs = [[t.params[k] for k in self.dists] for t in trials]
+        for x, t in zip(xs, trials):
+            self._pending.setdefault(tuple(x), []).append(t)
+        return xs
 
     def inject(self, xs: Sequence[Sequence[float]]) -> None:
         for x in xs:
@@ -52,12 +57,17 @@ class OptunaSampler:
     def tell(self, xs: Sequence[Sequence[float]], values: Sequence[Sequence[float] | None]) -> None:
         import optuna
 
-        for trial, v in zip(self._pending, values):
+        for x, v in zip(xs, values):
+            waiting = self._pending.get(tuple(x))
+            if not waiting:
+                raise ValueError("told a point that was not asked")
+            trial = waiting.pop(0)
+            if not waiting:
+                del self._pending[tuple(x)]
             if v is None:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 self.study.tell(trial, list(v) if self.multi_objective else float(v[0]))
-        self._pending = []
 
     def replay(self, xs: Sequence[Sequence[float]], values: Sequence[Sequence[float] | None]) -> list[list[float]]:
         import optuna
