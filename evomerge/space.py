@@ -19,7 +19,9 @@ Schema (every shipped file in search_spaces/ is an example):
                objectives?: {name: [{set, metric?, weight?}]}, objective_weights?, scalarize?: mean|min,
                max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3),
                first_pass?: {items: N, min_fraction?: 0.5} (prune candidates whose fitness on N items per set is
-               below that fraction of the best first pass so far, or not finite), recheck_every?: K}
+               below that fraction of the best first pass so far, or not finite), recheck_every?: K,
+               pipeline?: true (ask the next generation as soon as this one is dispatched: no worker waits for a
+               generation's last candidate; false: a barrier at each generation's end)}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -179,6 +181,7 @@ class SearchSettings:
     first_pass_items: int | None = None  # cheap first pass: score this many dev items per set first ...
     first_pass_min_fraction: float = 0.5  # ... and prune when that scores below this fraction of the best first pass
     recheck_every: int | None = None  # also re-score the finalists on holdout every K generations
+    pipeline: bool = True  # dispatch generation g+1 while g's last candidates finish (no barrier; search.py)
 
 
 @dataclass(frozen=True)
@@ -328,15 +331,18 @@ _TOP = {"models", "build", "merge", "genes", "seeds", "eval", "search"}
 _HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _mapping(obj: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+def _mapping(obj: Any, where: str, allowed: set[str], required: set[str] = frozenset(),
+             sep: str = ".") -> dict[str, Any]:
+    """`obj` as a mapping with only `allowed` keys and every `required` one; `sep` joins `where` and a key in
+    messages ("file.yaml: key" at the top level, "merge.method" below it)."""
     if not isinstance(obj, dict):
         raise UserError(where, "must be a mapping", f"keys: {', '.join(sorted(allowed))}")
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(allowed))}")
+        raise UserError(f"{where}{sep}{unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(allowed))}")
     missing = sorted(required - set(obj))
     if missing:
-        raise UserError(f"{where}.{missing[0]}", "missing", "this key is required")
+        raise UserError(f"{where}{sep}{missing[0]}", "missing", "this key is required")
     return obj
 
 
@@ -344,6 +350,12 @@ def _number(obj: Any, where: str) -> float:
     if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj):
         raise UserError(where, f"must be a finite number, got {obj!r}", "write e.g. 0.5")
     return float(obj)
+
+
+def _flag(obj: Any, where: str) -> bool:
+    if not isinstance(obj, bool):
+        raise UserError(where, f"must be true or false, not {obj!r}", "write true or false")
+    return obj
 
 
 def _posint(obj: Any, where: str) -> int:
@@ -362,7 +374,7 @@ def _resolve(path: Any, where: str, root: Path) -> str:
 def parse_space(data: Any, source: str) -> Space:
     """Validate a parsed space YAML; `source` is the file it came from (relative paths resolve against it)."""
     root = Path(source).parent
-    top = _mapping(data, source, _TOP, {"models", "merge", "genes", "eval"})
+    top = _mapping(data, source, _TOP, {"models", "merge", "genes", "eval"}, sep=": ")
 
     def where(key: str) -> str:
         return f"{source}: {key}"
@@ -412,7 +424,7 @@ def parse_space(data: Any, source: str) -> Space:
     s = _mapping(top.get("search") or {}, where("search"),
                  {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
                   "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass",
-                  "recheck_every"})
+                  "recheck_every", "pipeline"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -450,7 +462,8 @@ def parse_space(data: Any, source: str) -> Space:
         _number(s["max_minutes"], where("search.max_minutes")) if "max_minutes" in s else None,
         _number(s["target"], where("search.target")) if "target" in s else None,
         s.get("finalists", d.finalists), fp_items, fp_frac,
-        _posint(s["recheck_every"], where("search.recheck_every")) if "recheck_every" in s else None)
+        _posint(s["recheck_every"], where("search.recheck_every")) if "recheck_every" in s else None,
+        _flag(s.get("pipeline", d.pipeline), where("search.pipeline")))
 
     build = top.get("build")
     mini, seed = None, 0
@@ -615,6 +628,8 @@ def load_space(path: str | Path) -> Space:
         raise UserError(str(p), "no such file", "check the path to the search space") from None
     except IsADirectoryError:
         raise UserError(str(p), "is a directory", "pass a search-space YAML file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(str(p), f"not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
