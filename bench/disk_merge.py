@@ -5,7 +5,10 @@ model in bfloat16). Recipe: per-layer task arithmetic (instruct weight 1, the la
 list). Each command runs as its own process; its peak RSS is the child's ru_maxrss (os.wait4). One untimed run of
 each warms the page cache, then the two alternate `--reps` times. The outputs are compared tensor by tensor.
 
-    .venv/bin/python bench/disk_merge.py [--scale 1.0] [--reps 3] [--dtype bfloat16]
+    .venv/bin/python bench/disk_merge.py [--scale 1.0] [--reps 3] [--dtype bfloat16] [--json PATH] [--quick]
+
+`--quick`: an eighth of the model (scale 0.125: 2 layers, vocabulary 4000), no warm-up run, one timed repetition.
+Goals (issue 3): at least 2x faster and at most half of mergekit's peak RSS.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import Shape, build_sources  # noqa: E402
+from report import BenchResult, Row, add_arguments, pick, write_json  # noqa: E402
 
 from evomerge.tensors import ModelFiles  # noqa: E402
 
@@ -46,11 +50,14 @@ def run(cmd: list[str]) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scale", type=float, default=1.0, help="model size (1.0: 246M parameters)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=None, help="model size (1.0, the default: 246M parameters)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3; --quick: 1)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "evomerge-bench")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.scale = pick(args.scale, 1.0, 0.125, args.quick)
+    args.reps = pick(args.reps, 3, 1, args.quick)
     shape = Shape() if args.scale == 1.0 else Shape.scaled(args.scale)
     paths = build_sources(args.root, shape, args.dtype)
     weights = [round(0.2 + 1.0 * i / max(1, shape.layers - 1), 4) for i in range(shape.layers)]
@@ -73,7 +80,7 @@ def main() -> None:
           f"largest tensor {largest / 1e6:.1f} MB; 3 sources; {os.cpu_count()} CPUs")
     print(f"python + torch + evomerge imported: RSS {baseline / 1e6:.0f} MB")
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
-    for k, cmd in cmds.items():  # warm the page cache
+    for k, cmd in ({} if args.quick else cmds).items():  # warm the page cache (--quick: none, to save time)
         shutil.rmtree(outs[k], ignore_errors=True)
         run(cmd)
     for _ in range(args.reps):
@@ -98,6 +105,15 @@ def main() -> None:
     same = sum(torch.equal(a.get(n), b.get(n)) for n in a.names())
     worst = max(float((a.get(n).float() - b.get(n).float()).abs().max()) for n in a.names())
     print(f"outputs: {same}/{len(a.names())} tensors identical, max abs diff {worst:g}")
+    size = f"{shape.params() / 1e6:.0f}M parameters, {args.dtype}, median of {args.reps}"
+    write_json(args.json, BenchResult("disk_merge", "disk merge vs mergekit-yaml", [
+        Row("speed vs mergekit-yaml (wall)", t_ratio, "x", ">= 2x", t_ratio >= 2, size),
+        Row("peak RSS / mergekit-yaml's", r_ratio, "", "<= 0.5", r_ratio <= 0.5),
+        Row("peak RSS above the interpreter / one model", (ev_peak - baseline) / model_bytes, ""),
+        Row("tensors identical to mergekit's", same / len(a.names()), "", "1", same == len(a.names()),
+            f"max abs diff {worst:g}"),
+    ], details={"params": shape.params(), "dtype": args.dtype, "model_bytes": model_bytes,
+                "interpreter_rss": baseline, "runs": {k: [[w, r] for w, r in rs] for k, rs in results.items()}}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ the same number of bytes (read + written; at most 2 GB) gives this machine's cop
 tensors (out = w0*x0; out += w1*x1; ...; out += base: every intermediate streams through main memory), the way a
 straightforward implementation merges.
 
-    .venv/bin/python bench/resident_throughput.py [--scale 1.0] [--reps 5] [--dtypes float32,bfloat16]
+    .venv/bin/python bench/resident_throughput.py [--scale 1.0] [--reps 5] [--dtypes float32,bfloat16] [--json PATH]
+                                                  [--quick]
+
+`--quick`: an eighth of the model (scale 0.125: 2 layers, vocabulary 4000), float32 only, best of 3.
+Goals (issue 3, float32): >= 0.8 of the copy bandwidth for linear and task arithmetic, >= 0.3 for TIES and DARE.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import Shape, build_sources  # noqa: E402
+from report import BenchResult, Row, add_arguments, pick, write_json  # noqa: E402
 
 from evomerge.merge import ResidentMerge  # noqa: E402
 from evomerge.methods import chunked  # noqa: E402
@@ -72,6 +77,10 @@ def naive(rm: ResidentMerge, recipe: Recipe) -> None:
             out.add_(base)
 
 
+# goals of issue 3, held in float32 (bfloat16 on CPUs without bfloat16 arithmetic is compute-bound, see README)
+GOALS = {"linear": 0.8, "task_arithmetic": 0.8, "ties": 0.3, "dare_ties": 0.3}
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -80,17 +89,23 @@ def timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scale", type=float, default=1.0, help="model size (1.0: 246M parameters)")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--scale", type=float, default=None, help="model size (1.0, the default: 246M parameters)")
+    ap.add_argument("--reps", type=int, default=None, help="best of N (default 5; --quick: 3)")
+    ap.add_argument("--dtypes", default=None, help="default float32,bfloat16; --quick: float32")
     ap.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "evomerge-bench")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.scale = pick(args.scale, 1.0, 0.125, args.quick)
+    args.reps = pick(args.reps, 5, 3, args.quick)
+    args.dtypes = pick(args.dtypes, "float32,bfloat16", "float32", args.quick)
     shape = Shape() if args.scale == 1.0 else Shape.scaled(args.scale)
     print(f"model: {shape.params() / 1e6:.0f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, chunk {chunked.CHUNK} elements")
     print(f"{'dtype':9} {'method':16} {'variant':9} {'GB moved':>8} {'merge s':>8} {'copy GB/s':>9} {'ratio':>6}")
     print("(ratio: bytes the merge moves per second / bytes a torch copy moves per second, best of --reps each)")
+    rows: list[Row] = []
+    measured: list[dict] = []
     for dtype in args.dtypes.split(","):
         paths = build_sources(args.root, shape, dtype)
         for method in args.methods.split(","):
@@ -119,8 +134,19 @@ def main() -> None:
                 ratio = nbytes / best_merge / copy_bw
                 print(f"{dtype:9} {method:16} {variant:9} {nbytes / 1e9:8.2f} {best_merge:8.3f} "
                       f"{copy_bw / 1e9:9.1f} {ratio:6.2f}", flush=True)
+                measured.append({"dtype": dtype, "method": method, "variant": variant, "gb_moved": nbytes / 1e9,
+                                 "merge_s": best_merge, "merge_gbps": nbytes / best_merge / 1e9,
+                                 "copy_gbps": copy_bw / 1e9, "ratio": ratio})
+                goal = GOALS.get(method) if dtype == "float32" and variant == "evomerge" else None
+                rows.append(Row(f"{method} {dtype}" + (" naive chain" if variant == "naive" else ""), ratio,
+                                "", None if goal is None else f">= {goal}", None if goal is None else ratio >= goal,
+                                f"{best_merge:.3f} s/candidate, copy {copy_bw / 1e9:.0f} GB/s"))
             del rm, targets, src, dst
             gc.collect()
+    write_json(args.json, BenchResult(
+        "resident_throughput", "resident merge / copy bandwidth", rows,
+        details={"params": shape.params(), "reps": args.reps, "chunk": chunked.CHUNK,
+                 "threads": torch.get_num_threads(), "rows": measured}))
 
 
 if __name__ == "__main__":

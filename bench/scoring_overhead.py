@@ -2,6 +2,9 @@
 the same model over the same tokens, measured side by side in one run.
 
     .venv/bin/python bench/scoring_overhead.py [--device cpu|cuda] [--dtype float32|bfloat16] [--items 64]
+                                               [--json PATH] [--quick]
+
+`--quick`: 8 items, best of 2 rounds. Goal (issue 5): overhead <= 15%.
 
 The model is a random Llama (hidden 256, 4 layers, head_dim 64, vocabulary 2,048: the output head is ~15% of the
 weights, about twice its share in an 8B Llama) with a byte-level tokenizer (every UTF-8 byte one token), so the
@@ -31,6 +34,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from report import BenchResult, Row, add_arguments, pick, write_json  # noqa: E402
+
+GOAL = 0.15  # issue 5: scoring overhead over a bare forward pass
 
 
 def build_model(path: Path, vocab: int = 2048) -> Path:
@@ -104,12 +111,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--items", type=int, default=16)
+    ap.add_argument("--items", type=int, default=None, help="items per set (default 16; --quick: 8)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=None, help="rounds, best kept (default 4; --quick: 2)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine two threads make the ratios noise)")
+    add_arguments(ap)
     args = ap.parse_args()
+    args.items = pick(args.items, 16, 8, args.quick)
+    args.repeat = pick(args.repeat, 4, 2, args.quick)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
 
@@ -146,6 +156,16 @@ def main() -> None:
                   f"{r['score_overhead']:+.1%} | evomerge eval (load+tokenize+score) {r['eval_tok_s']:7d} tok/s, "
                   f"overhead {r['eval_overhead']:+.1%}", flush=True)
     print(json.dumps(results))
+    rows = []
+    for name in sets:
+        r = results[name]
+        rows += [Row(f"{name}: per-candidate score vs bare forward", r["score_overhead"], "overhead", f"<= {GOAL}",
+                     r["score_overhead"] <= GOAL, f"{r['tokens']} tokens, {r['score_tok_s']} tok/s"),
+                 Row(f"{name}: evomerge eval (load+tokenize+score) vs bare forward", r["eval_overhead"], "overhead",
+                     f"<= {GOAL}", r["eval_overhead"] <= GOAL, f"{r['eval_tok_s']} tok/s")]
+    write_json(args.json, BenchResult("scoring_overhead", "scoring overhead vs bare forward", rows,
+                                      device=f"{args.device} {args.dtype}, {results['torch_threads']} torch threads",
+                                      details=results))
 
 
 if __name__ == "__main__":
