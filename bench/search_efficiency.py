@@ -54,7 +54,7 @@ def main() -> None:
     from evomerge.genome import Genome
     from evomerge.hub import check_configs
     from evomerge.optimizers import make_optimizer
-    from evomerge.search import _objectives, ensure_models
+    from evomerge.search import ensure_models, load_objectives
     from evomerge.space import load_space
     from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
 
@@ -62,7 +62,7 @@ def main() -> None:
     ensure_models(space)
     n = check_configs(space).n_layers
     genome = Genome(tuple(space.expand(n)))
-    objs, weights, _ = _objectives(space, False)
+    objs, weights, _ = load_objectives(space, False)
     how = space.search.scalarize
     max_items = pick(args.max_items, space.max_items, 6, args.quick)
     template = space.recipe({g.name: g.init for g in genome.genes}, n).to_mergekit()

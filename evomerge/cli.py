@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("space", type=Path, help="search-space YAML (see search_spaces/)")
     s.add_argument("--name", help="run name (default: the space file's stem)")
     s.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs/)")
-    s.add_argument("--seed", type=int, default=0, help="seed: same seed, same candidates (default 0)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed (default 0): same seed, same candidates with one worker or `search.pipeline: false` "
+                        "(with several workers, which points are asked early depends on timing)")
     s.add_argument("--workers", type=int, default=1, help="Ray workers, one model copy each (default 1)")
     s.add_argument("--generations", type=int, help="override the space's search.generations")
     s.add_argument("--popsize", type=int, help="override the space's search.popsize")
@@ -148,7 +150,10 @@ def _search_opts(args: argparse.Namespace, name: str):
     for flag in ("workers", "max_evals", "finalists", "generations", "popsize"):
         v = getattr(args, flag, None)
         if v is not None and v < (0 if flag == "finalists" else 1):
-            raise UserError(f"--{flag.replace('_', '-')}", f"must be {'>= 0' if flag == 'finalists' else 'positive'}", "")
+            raise UserError(f"--{flag.replace('_', '-')}", f"must be {'>= 0' if flag == 'finalists' else 'positive'}",
+                            f"got {v}; e.g. --{flag.replace('_', '-')} {0 if flag == 'finalists' else 2}")
+    if getattr(args, "address", None) is not None:
+        _check_address(args.address)
     return SearchOptions(name=name, runs_dir=getattr(args, "runs_dir", Path("runs")), seed=getattr(args, "seed", 0),
                          workers=args.workers or 0, generations=args.generations,
                          popsize=getattr(args, "popsize", None), progress=not args.no_progress,
@@ -156,6 +161,17 @@ def _search_opts(args: argparse.Namespace, name: str):
                          optimizer=getattr(args, "optimizer", None), max_evals=args.max_evals,
                          max_minutes=args.max_minutes, target=args.target, finalists=args.finalists,
                          address=args.address)
+
+
+def _check_address(address: str) -> None:
+    """`--address` is Ray's: auto, local, HOST:PORT or ray://HOST:PORT (checked before a run directory is made)."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host.strip("[]") or any(c.isspace() for c in host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
+        raise UserError("--address", f"{address!r} is not a Ray cluster address",
+                        "use auto, HOST:PORT (e.g. 10.0.0.1:6379) or ray://HOST:10001")
 
 
 def _print_summary(summary) -> None:
@@ -210,7 +226,10 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         from evomerge.backends.select import score_target
         from evomerge.evaluation import format_scores
+        from evomerge.hub import check_weights
 
+        if args.model.is_dir():
+            check_weights(str(args.model))  # name a corrupt weight file before the backend trips over it
         scores = score_target(args.model, [str(p) for p in args.eval_set], args.backend, args.split, args.max_items,
                               args.seed, args.device, args.dtype, args.batch_size)
         print(json.dumps({k: v.as_dict() for k, v in scores.items()}, indent=2) if args.json else format_scores(scores))
@@ -231,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.trial is not None and args.run is None:
             raise UserError("--trial", "needs --run", "e.g. --run runs/q --trial 3")
         space = load_space(args.space) if args.space else read_run(args.run).space()
-        shapes = check_configs(space)
+        shapes = check_configs(space, weights=False)  # configs only: checks an 8B space on a laptop
         values, label = None, "initial point"
         if args.genome:
             values, label = spaceview.point_from_genome(space, shapes.n_layers, args.genome), "given genome"

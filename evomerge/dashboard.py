@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from evomerge.errors import UserError
@@ -17,5 +18,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> Non
         from optuna_dashboard import run_server
     except ImportError:
         raise UserError("optuna-dashboard", "not installed", "pip install 'evomerge[dashboard]'") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):  # the study names models, paths and scores; say who can read it
+        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can read the study",
+              file=sys.stderr)
     print(f"dashboard for {run_dir} on http://{host}:{port}/  (Ctrl-C stops it)")
     run_server(storage_url(Path(run_dir)), host=host, port=port)

@@ -154,11 +154,17 @@ def load_evalset(path: str | Path) -> EvalSet:
     card_file, items_file = root / "card.yaml", root / "items.jsonl"
     if not card_file.is_file():
         raise UserError(str(root), "no card.yaml", "an eval set is a directory with card.yaml and items.jsonl")
-    card = parse_card(_read_yaml(card_file), str(card_file))
+    from evomerge.yamlfile import load_yaml
+
+    card = parse_card(load_yaml(card_file, "an eval-set card"), str(card_file))
     if not items_file.is_file():
         raise UserError(str(root), "no items.jsonl", "add the items, one JSON object per line")
     items, ids = [], set()
-    for n, line in enumerate(items_file.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = items_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(str(items_file), f"not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{items_file}:{n}"
@@ -179,15 +185,6 @@ def load_evalset(path: str | Path) -> EvalSet:
             raise UserError(str(items_file), "few-shot instruction examples need a `reference` response",
                             "add `reference` to the example items or set few_shot: 0")
     return EvalSet(str(root), card, tuple(items))
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise UserError(str(path), "malformed YAML", "fix the syntax") from None
 
 
 def parse_card(raw: Any, where: str) -> Card:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from evomerge.atomic import replace_dir, temp_sibling, write_atomic, write_error
 from evomerge.errors import UserError
 from evomerge.ledger import Ledger, fitness_of
 from evomerge.merge import merge_to_disk, plan_merge
 from evomerge.recipe import dump_recipe_yaml
-from evomerge.rundir import read_run, write_atomic
+from evomerge.rundir import read_run
 
 
 @dataclass(frozen=True)
@@ -55,25 +58,49 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
             raise  # the merge below needs the weights anyway; say what is missing
         # --recipe-only without the weights at hand: the recipe as the search scored it
     out = Path(out_dir) if out_dir else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out)
     recipe_path = out / "recipe.yaml"
     picked = (f"holdout fitness {holdout['fitness']:.6f} (best of the finalists re-scored on holdout), dev {value:.6f}"
               if holdout else f"fitness {value:.6f} (dev split)")
     header = [f"evomerge run {info.name!r}, trial {best.number}, {picked}",
               f"reproduce with: evomerge merge {recipe_path} OUT_DIR   (or: mergekit-yaml {recipe_path} OUT_DIR)"]
-    write_atomic(recipe_path, dump_recipe_yaml(recipe, header))
-    model_dir = None
-    if with_model:
-        model_dir = merge_to_disk(recipe, out / "model").out_dir
     manifest = {"run": info.name, "trial": best.number, "dev_fitness": value,
                 "holdout_fitness": holdout["fitness"] if holdout else None,
                 "objectives": best.user_attrs.get("objectives"), "params": best.params,
                 "dev_scores": best.user_attrs.get("scores"), "holdout_scores": holdout["scores"] if holdout else None,
                 "effective_weights": effective_weights(recipe, info.n_layers),
                 "seed": info.seed, "eval_sets": _eval_set_hashes(space), "versions": _versions(info.evomerge),
-                "recipe": str(recipe_path), "model": str(model_dir) if model_dir else None}
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
+                "recipe": str(recipe_path), "model": str(out / "model") if with_model else None}
+    # The whole export is built in a temporary sibling and renamed into place at the end: a kill or a full disk
+    # leaves the previous export (or none), never a directory that looks complete.
+    try:
+        tmp = temp_sibling(out)
+        try:
+            write_atomic(tmp / "recipe.yaml", dump_recipe_yaml(recipe, header))
+            if with_model:
+                merge_to_disk(recipe, tmp / "model")
+            write_atomic(tmp / "manifest.json", json.dumps(manifest, indent=2))
+            replace_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise write_error(out, e) from None
+    except UserError as e:  # the model writer names its (temporary) directory; the user knows the export's
+        if not e.where.startswith(str(out.parent / f".{out.name}.")):
+            raise
+        raise UserError(str(out), e.problem, e.hint) from None
+    model_dir = out / "model" if with_model else None
     return ExportResult(recipe_path, model_dir, best.number, value)
+
+
+_EXPORT_FILES = {"recipe.yaml", "manifest.json", "model"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """An export replaces a previous export as a whole; it never deletes a directory that holds anything else."""
+    if out.exists() and (not out.is_dir() or set(os.listdir(out)) - _EXPORT_FILES):
+        raise UserError(str(out), "exists and is not an evomerge export",
+                        "choose a new or empty --out (an export replaces the whole directory)")
 
 
 def _eval_set_hashes(space) -> dict[str, str]:

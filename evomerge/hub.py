@@ -75,8 +75,17 @@ class Shapes:
     architectures: Mapping[str, str]
 
 
-def check_configs(space, resolver: ConfigResolver = model_config) -> Shapes:
-    """Read every model's config.json (no weights) and check they can be merged layer by layer."""
+def check_weights(ref: str) -> None:
+    """Read a local model's safetensors headers (a few KB per file, no tensor data): a truncated or corrupt weight
+    file, a missing shard or pickle-only weights are named here, before a run or a scoring starts."""
+    from evomerge.tensors import ModelFiles
+
+    ModelFiles.open(ref)
+
+
+def check_configs(space, resolver: ConfigResolver = model_config, *, weights: bool = True) -> Shapes:
+    """Read every model's config.json and check they can be merged layer by layer; with `weights`, also check
+    each local model's weight files (headers only) so a corrupt file stops a search before anything is written."""
     from evomerge.architecture import num_layers
 
     cfgs = {m.name: resolver(m.ref, m.hub) for m in space.models}
@@ -98,4 +107,10 @@ def check_configs(space, resolver: ConfigResolver = model_config) -> Shapes:
     arch = {n: (c.get("architectures") or ["?"])[0] for n, c in cfgs.items()}
     n = next(iter(layers.values()))
     space.check_layers(n)
+    for seed in space.seeds:  # seed values name dimensions, which exist only once the layer count is known
+        space.seed_values(seed, n)
+    if weights:
+        for m in space.models:
+            if not m.hub and Path(m.ref).is_dir():  # hub weights are fetched (and checked) when a merge needs them
+                check_weights(m.ref)
     return Shapes(n, next(iter(text.values())).get("hidden_size"), vocab, arch)

@@ -57,16 +57,18 @@ class Ledger:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = _storage(run_dir)
-        if create:
-            study = optuna.create_study(study_name=name, storage=storage, directions=["maximize"] * len(objectives),
-                                        sampler=optuna.samplers.RandomSampler(seed=0))
-            import warnings
+        if not create:
+            try:
+                return cls(optuna.load_study(study_name=name, storage=storage), genes)
+            except KeyError:  # the first driver died between writing run.json and creating the study
+                pass
+        study = optuna.create_study(study_name=name, storage=storage, directions=["maximize"] * len(objectives),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        import warnings
 
-            with warnings.catch_warnings():  # set_metric_names is marked experimental; its behaviour is what we need
-                warnings.simplefilter("ignore")
-                study.set_metric_names(list(objectives))
-        else:
-            study = optuna.load_study(study_name=name, storage=storage)
+        with warnings.catch_warnings():  # set_metric_names is marked experimental; its behaviour is what we need
+            warnings.simplefilter("ignore")
+            study.set_metric_names(list(objectives))
         return cls(study, genes)
 
     @property
@@ -125,14 +127,22 @@ class Ledger:
         return number
 
     def fail_interrupted(self) -> list[int]:
-        """Fail the trials a dead driver left RUNNING (they are re-asked) and remember which they were."""
+        """Fail the trials a dead driver left RUNNING (they are re-asked) and remember which they were.
+
+        A driver killed between `start`'s enqueue and ask leaves a WAITING trial, which the next ask would take
+        (shifting every later trial's params by one): it is asked here and failed with the others. The list is
+        stored before any trial is failed, so a kill in between never makes them count as real failures."""
         import optuna
 
-        running = [t.number for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
-        for number in running:
-            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+        state = optuna.trial.TrialState
+        waiting = self.study.get_trials(deepcopy=False, states=(state.WAITING,))
+        for _ in waiting:
+            self.study.ask(self._distributions())  # takes the waiting trial (fixed params), now RUNNING
+        running = [t.number for t in self.study.get_trials(deepcopy=False, states=(state.RUNNING,))]
         if running:
             self.study.set_user_attr("interrupted", sorted(set(self.interrupted()) | set(running)))
+        for number in running:
+            self.study.tell(number, state=state.FAIL)
         return running
 
     def schedule(self, pipeline: bool) -> bool:

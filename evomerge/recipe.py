@@ -368,18 +368,12 @@ def _plain(obj: Any) -> Any:
 
 def load_recipe_yaml(path: "str | Any") -> Recipe:
     """Read a mergekit-format YAML recipe file."""
-    import yaml
     from pathlib import Path
 
+    from evomerge.yamlfile import load_yaml
+
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise UserError(str(p), "no such file", "check the path") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(str(p), f"malformed YAML{at}", "fix the syntax") from None
+    data = load_yaml(p, "a mergekit YAML recipe")
     return Recipe.from_mergekit(data, where=str(p))
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evomerge.atomic import write_atomic
 from evomerge.errors import UserError
 from evomerge.space import Space, parse_space
 
@@ -35,27 +36,26 @@ class RunInfo:
         return parse_space(yaml.safe_load(self.space_yaml), self.space_source)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary name, flush to disk, rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def create_run(run_dir: Path, info: RunInfo) -> None:
     """Make a new run directory; refuses to reuse one that holds a run."""
     if (run_dir / RUN_FILE).exists():
-        raise UserError(str(run_dir), "a run with this name exists", "choose another --name or delete the directory")
+        owner = RunLock.owner(run_dir)
+        if owner:
+            raise UserError(str(run_dir), f"a run with this name exists and is in use by {owner}",
+                            "choose another --name, or wait for that process to finish")
+        raise UserError(str(run_dir), "a run with this name exists",
+                        f"continue it with `evomerge resume {run_dir}`, choose another --name, or delete the directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(str(run_dir), f"cannot create the run directory ({e.strerror})", "choose a writable --runs-dir") from None
     if not os.access(run_dir, os.W_OK):
         raise UserError(str(run_dir), "run directory is not writable", "choose a writable --runs-dir")
-    write_atomic(run_dir / RUN_FILE, json.dumps(asdict(info), indent=2))
+    try:
+        write_atomic(run_dir / RUN_FILE, json.dumps(asdict(info), indent=2))
+    except OSError as e:
+        raise UserError(str(run_dir / RUN_FILE), f"cannot write ({e.strerror})",
+                        "choose a writable --runs-dir with free space") from None
 
 
 def read_run(run_dir: str | Path) -> RunInfo:
@@ -63,7 +63,11 @@ def read_run(run_dir: str | Path) -> RunInfo:
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
         raise UserError(str(run_dir), "not a run directory (no run.json)", "pass runs/<name> of a finished search")
-    return RunInfo(**json.loads(p.read_text()))
+    try:
+        return RunInfo(**json.loads(p.read_text()))
+    except (ValueError, TypeError):  # malformed JSON, or fields missing or unknown
+        raise UserError(str(p), "malformed run description", "restore run.json (the search writes it at the start)"
+                        ) from None
 
 
 def new_info(name: str, space_path: Path, seed: int, workers: int, n_layers: int) -> RunInfo:
@@ -83,11 +87,30 @@ class RunLock:
         self.path = Path(run_dir) / "lock"
         self._fh = None
 
+    @staticmethod
+    def owner(run_dir: Path) -> str | None:
+        """Who holds the run's lock now ("pid N on HOST"), or None when nobody does."""
+        import fcntl
+
+        path = Path(run_dir) / "lock"
+        if not path.is_file():
+            return None
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return fh.read().strip() or "another process"
+            return None  # closing the file releases the probe's lock
+
     def __enter__(self) -> "RunLock":
         import fcntl
         import socket
 
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as e:
+            raise UserError(str(self.path.parent), f"cannot open the run's lock file ({e.strerror})",
+                            "the run directory must be writable") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

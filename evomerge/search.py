@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,7 +93,7 @@ def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
         raise UserError("--workers", "must be at least 1", "e.g. --workers 2")
     ensure_models(space)
     n_layers = check_configs(space).n_layers
-    _objectives(space, opts.allow_test_splits)  # validates eval sets and objectives before anything is written
+    load_objectives(space, opts.allow_test_splits)  # validates eval sets and objectives before anything is written
     run_dir = Path(opts.runs_dir) / opts.name
     info = new_info(opts.name, Path(space_path), opts.seed, opts.workers, n_layers)
     create_run(run_dir, info)
@@ -106,6 +106,7 @@ def resume_search(run_dir: str | Path, opts: SearchOptions) -> SearchSummary:
     info = read_run(run_dir)
     space = info.space()
     ensure_models(space)
+    check_configs(space)  # a weight file damaged since the start is named before any worker starts
     opts = replace(opts, name=info.name, seed=info.seed, runs_dir=run_dir.parent, workers=opts.workers or info.workers)
     return _drive(run_dir, info, space, opts, fresh=False)
 
@@ -116,7 +117,7 @@ def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
     space = load_space(space_path)
     n_layers = check_configs(space).n_layers
     genome = Genome(tuple(space.expand(n_layers)))
-    objs, _, _ = _objectives(space, opts.allow_test_splits)
+    objs, _, _ = load_objectives(space, opts.allow_test_splits)
     choice, memory = plan_for_space(opts.backend, space, n_layers, opts.workers)
     popsize = opts.popsize or space.search.popsize
     generations = opts.generations or space.search.generations
@@ -127,7 +128,7 @@ def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
                       str(choice), memory.describe()])
 
 
-def _objectives(space: Space, allow_test_splits: bool) -> tuple[tuple[Objective, ...], dict[str, float], Any]:
+def load_objectives(space: Space, allow_test_splits: bool) -> tuple[tuple[Objective, ...], dict[str, float], Any]:
     """Load the eval sets (guarding test splits) and build the objectives: declared ones, or one per eval set
     (its card's metric) weighted as the space says."""
     from evomerge.evalsets import guard_test_splits, load_evalset
@@ -135,6 +136,10 @@ def _objectives(space: Space, allow_test_splits: bool) -> tuple[tuple[Objective,
     sets = [load_evalset(ref.path) for ref in space.eval_sets]
     if space.eval_split == "dev":
         guard_test_splits(sets, allow_test_splits)
+    for es in sets:  # an empty split would fail inside every worker: say so before the run starts
+        es.select(space.eval_split)
+        if space.search.finalists > 0 and space.eval_split == "dev":
+            es.select("holdout")
     cards = {es.name: es.card for es in sets}
     if space.search.objectives:
         objs = parse_objectives(space.search.objectives, f"{space.source}: search.objectives", cards)
@@ -160,7 +165,7 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
     max_minutes = opts.max_minutes or st.max_minutes
     target = opts.target if opts.target is not None else st.target
     finalists = opts.finalists if opts.finalists is not None else st.finalists
-    objs, weights, _ = _objectives(space, opts.allow_test_splits)
+    objs, weights, _ = load_objectives(space, opts.allow_test_splits)
     multi = opt_name == "nsga2"
     names = [o.name for o in objs] if multi else ["fitness"]
 
@@ -193,11 +198,12 @@ class _Pool:
     """Ray workers, started on first use (a fully replayed resume needs none).
 
     A worker that dies (out of memory, a driver error, killed) is replaced by a fresh one from the same spec, and
-    its candidate is tried once more; a candidate whose second try fails too is a failed result, and the run goes
+    its candidates (the one it ran and the one queued behind it) are tried once more; a candidate whose second try fails too is a failed result, and the run goes
     on. A candidate that raises inside a live worker is already a failed result (worker.py) and is not retried.
     """
 
     TRIES = 2  # a candidate's tries before it is recorded as failed (only a worker's death costs a try)
+    DEPTH = 2  # candidates handed to a worker at once: no idle gap while the driver records a result
 
     def __init__(self, space: Space, info: RunInfo, opts: SearchOptions, n_layers: int) -> None:
         self.space, self.info, self.opts, self.n_layers = space, info, opts, n_layers
@@ -217,7 +223,7 @@ class _Pool:
         print(choice if memory.fits else f"{choice}; memory plan: DOES NOT FIT: {memory.reason}")
         g0 = {g.name: g.init for g in self.space.expand(self.n_layers)}
         template = self.space.recipe(g0, self.n_layers).to_mergekit()
-        objs, weights, _ = _objectives(self.space, True)  # already guarded by the caller
+        objs, weights, _ = load_objectives(self.space, True)  # already guarded by the caller
         spec = EvaluatorSpec(template, tuple(e.path for e in self.space.eval_sets), self.space.eval_split,
                              self.space.max_items, self.info.seed,
                              threads=max(1, (os.cpu_count() or 1) // self.opts.workers), backend=choice.name,
@@ -255,27 +261,29 @@ class _Pool:
         return new
 
     def run(self, next_item: Callable[[], Any], start: Callable[[Any], Candidate], should_stop: Callable[[], bool]):
-        """Hand candidates to whichever worker is free, the moment it is free (a trial is opened at hand-over);
-        yield (item, result) as results come back. `next_item()` gives the next thing to evaluate, or None when
-        nothing is ready (the caller's state changes between yields, so None now may be an item later). Stops
-        handing out when should_stop() turns true; in-flight results still come back. Workers start on the first
-        item (a fully replayed resume starts none)."""
-        idle: list | None = None
+        """Keep every worker fed: each holds up to DEPTH candidates (the one it runs, and the next, which it starts
+        the moment the first ends, while the driver records the result), and a free slot is filled at once (a
+        trial is opened at hand-over). Yields (item, result) as results come back. `next_item()` gives the next
+        thing to evaluate, or None when nothing is ready (the caller's state changes between yields, so None now
+        may be an item later). Stops handing out when should_stop() turns true; what was handed out still comes
+        back. Workers start on the first item (a fully replayed resume starts none)."""
+        free: list | None = None  # one entry per free slot of a worker
         inflight: dict = {}  # ref -> (actor, item, candidate, tries so far)
         retry: list = []  # (item, candidate, tries): trials already open whose worker died; they go first
+        replaced: dict[int, Any] = {}  # id(dead worker) -> the worker started in its place
         while True:
-            while (idle is None or idle) and (retry or not should_stop()):
+            while (free is None or free) and (retry or not should_stop()):
                 if retry:
                     item, cand, tries = retry.pop(0)
                 else:
                     item = next_item()
                     if item is None:
                         break
-                    if idle is None:
+                    if free is None:
                         self.start()
-                        idle = list(self.actors)
+                        free = [a for _ in range(self.DEPTH) for a in self.actors]
                     cand, tries = start(item), 0
-                actor = idle.pop(0)
+                actor = free.pop(0)
                 inflight[actor.evaluate.remote(cand)] = (actor, item, cand, tries + 1)
             if not inflight:
                 return
@@ -285,18 +293,22 @@ class _Pool:
                 actor, item, cand, tries = inflight.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a dead worker fails its candidate, not the run
+                except Exception as e:  # noqa: BLE001 - a dead worker fails its candidates, not the run
                     if isinstance(e, ray.exceptions.RayActorError):
-                        actor = self._replace(actor)
+                        dead = actor
+                        if id(dead) not in replaced:
+                            replaced[id(dead)] = self._replace(dead)
+                        actor = replaced[id(dead)]
+                        free = [actor if a is dead else a for a in free]  # its free slots, and this one, move over
                     # a fresh worker goes to the back of the line, so a retry lands elsewhere when one is free
-                    idle.append(actor)
+                    free.append(actor)
                     if tries < self.TRIES:
                         retry.append((item, cand, tries))
                         continue
                     result = CandidateResult(cand.number, error=f"worker failed {tries} times; last: "
                                              f"{type(e).__name__}: {e}"[:500])
                 else:
-                    idle.append(actor)
+                    free.append(actor)
                 yield item, result
 
     def close(self) -> None:
@@ -322,6 +334,7 @@ class _Item:
     x: list[float]
     values: dict[str, float]
     seed_name: str | None
+    early: bool = False  # asked before the previous generation was told (pipeline)
 
 
 @dataclass(frozen=True)
@@ -333,26 +346,32 @@ class _Recheck:
 
 @dataclass
 class _Gen:
-    """One generation between its ask and its tell."""
+    """One generation between its first ask and its tell."""
 
     number: int
     items: list[tuple[int, list[float]]]  # (index, point) as asked: what the tell reports on
     told: dict[int, list[float] | None]  # index -> objective values (None: failed or pruned)
     queue: list[_Item]  # candidates not yet handed to a worker
+    early: int = 0  # points asked one by one before the previous generation was told
+    asked: bool = False  # the whole generation has been asked
+    replayed: set[int] = field(default_factory=set)  # Optuna: indices given back from the record (not told again)
 
     @property
     def complete(self) -> bool:
-        return len(self.told) == len(self.items)
+        return self.asked and len(self.told) == len(self.items)
 
 
 class _Loop:
-    """Ask -> dispatch -> record -> tell, with no barrier between generations.
+    """Ask -> dispatch -> record -> tell, with no worker waiting at a generation's end.
 
-    The order of the optimizer's calls depends only on the results, never on timing, so that replaying the ledger
-    rebuilds the optimizer exactly: with `pipeline` on, generation g+1 is asked as soon as g's last candidate is
-    handed out and g-1 is told (so a free worker takes g+1's candidates while g's last ones finish), and g is told
-    once all its results are in: ask 0, ask 1, tell 0, ask 2, tell 1, ... Without `pipeline`: ask 0, tell 0, ask 1,
-    ... (a barrier at each generation's end, as mergekit-evolve's pool has).
+    With `pipeline` on, a worker that would wait for the last candidates of generation g (all handed out, not all
+    back) gets a point of generation g+1 instead, asked on the spot from the optimizer's current distribution (one
+    update older than the rest of g+1, which is asked once g is told). So only those few points are sampled
+    "early", and the optimizer keeps its per-generation updates (for pycma this loses nothing measurable:
+    bench/search_efficiency.py). Each early point is recorded as such (trial attribute `early`), so that a resume
+    replays the exact order of asks and tells: ask g, [ask 1 point of g+1] x early(g+1), tell g, ask the rest of
+    g+1, ... Without `pipeline` (or when nothing would wait): ask g, tell g, ask g+1 (a barrier, as
+    mergekit-evolve's pool has).
     """
 
     def __init__(self, space, genome, ledger, optimizer, pool, objs, weights, how, multi, progress,
@@ -382,6 +401,13 @@ class _Loop:
         self.record = {(t.user_attrs.get("generation"), t.user_attrs.get("index")): t for t in trials
                        if t.state in finished and t.number not in interrupted and "generation" in t.user_attrs}
         self.cache = {self._key(t.params): t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+        self.early_record: dict[int, int] = {}  # generation -> points of it asked early (any state: the order)
+        for t in trials:
+            if t.user_attrs.get("early"):
+                gen = t.user_attrs["generation"]
+                self.early_record[gen] = max(self.early_record.get(gen, 0), t.user_attrs["index"] + 1)
+        # evaluations spent: finished before this driver, plus every candidate this driver hands out (counted at
+        # hand-over: a worker holds two at a time, and the budget must not be overrun by the one queued)
         self.evaluated = sum(1 for t in trials if t.state in finished and "duplicate_of" not in t.user_attrs)
         self.best = max((fitness_of(t) for t in self.cache.values()), default=None)
         self.fp_best = max((t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs), default=None)
@@ -444,74 +470,122 @@ class _Loop:
             return self.rechecks.pop(0)
         for g in self.open:
             if g.queue:
-                item = g.queue.pop(0)
-                if not g.queue:
-                    self._advance()  # g is all handed out: ask g+1 now, before any of g's results can tell g
-                return item
-        return None
+                return g.queue.pop(0)
+        return self._ask_early()  # a worker is free and nothing is queued
 
     def _advance(self) -> None:
+        """Start, replay and tell generations as far as the results allow (early points are asked live only by
+        `_ask_early`, for a free worker)."""
         while True:
-            if self._may_open():
-                self.open.append(self._open(self.next_gen))
-                self.next_gen += 1
-            elif self.open and self.open[0].complete:
+            if not self.open:
+                if self.next_gen >= self.generations or self.should_stop():
+                    return
+                self.open.append(self._new_gen())
+                self._ask_rest(self.open[0])
+            elif self._replay_early():
+                continue
+            elif self.open[0].complete:
                 self._close(self.open.pop(0))
+                if self.open:  # the next generation was started early: the rest of it comes from the update
+                    self._ask_rest(self.open[0])
             else:
                 return
 
-    def _may_open(self) -> bool:
-        if self.next_gen >= self.generations or self.should_stop():
-            return False
-        if not self.open:
-            return True
-        return self.pipeline and len(self.open) == 1 and not self.open[0].queue
+    def _new_gen(self) -> _Gen:
+        """The next generation; an Optuna sampler is given back its recorded trials first."""
+        g = _Gen(self.next_gen, [], {}, [])
+        self.next_gen += 1
+        if not self.replayable:
+            recorded = sorted((t for (n, _), t in self.record.items() if n == g.number),
+                              key=lambda t: t.user_attrs["index"])
+            if recorded:
+                self.optimizer.replay([t.user_attrs["genome"] for t in recorded], [self._told(t) for t in recorded])
+                for t in recorded:
+                    i = t.user_attrs["index"]
+                    g.items.append((i, t.user_attrs["genome"]))
+                    g.told[i] = self._told(t)
+                    g.replayed.add(i)
+                self.bar.update(len(recorded))
+        return g
 
-    def _open(self, gen: int) -> _Gen:
-        """Ask generation `gen`; candidates already in the ledger (or equal to an evaluated one) are taken from it."""
-        popsize = self.popsize
-        batch, self.pending_seeds = self.pending_seeds[:popsize], self.pending_seeds[popsize:]
-        recorded = sorted((t for (g, _), t in self.record.items() if g == gen), key=lambda t: t.user_attrs["index"])
+    def _ask_early(self) -> _Item | None:
+        """A point of the next generation for a free worker, or None: only while generation g is all handed out
+        and not yet told, and the next generation is not yet full."""
+        while self.pipeline and self.open and not self.should_stop():
+            g = self.open[0]
+            if not g.asked or g.queue or g.complete:
+                return None
+            if len(self.open) == 1:
+                if self.next_gen >= self.generations:
+                    return None
+                self.open.append(self._new_gen())
+            nxt = self.open[1]
+            if len(nxt.items) >= self.optimizer.popsize:
+                return None
+            self._ask_one(nxt)
+            if nxt.queue:
+                return nxt.queue.pop(0)
+        return None
+
+    def _replay_early(self) -> bool:
+        """On resume (pycma): ask the next generation's recorded early points where the original run asked them in
+        the order of calls, i.e. once generation g is all handed out and before g is told."""
+        if not self.replayable or not self.open:
+            return False
+        g = self.open[0]
+        nxt_early = self.open[1].early if len(self.open) == 2 else 0
+        if not g.asked or g.queue or self.early_record.get(g.number + 1, 0) <= nxt_early:
+            return False
+        if len(self.open) == 1:
+            self.open.append(self._new_gen())
+        self._ask_one(self.open[1])
+        return True
+
+    def _ask_one(self, g: _Gen) -> None:
+        g.early += 1
+        self._take(g, self.optimizer.ask(1), early=True)
+
+    def _ask_rest(self, g: _Gen) -> None:
+        """Ask the rest of generation g (all of it when none was asked early)."""
+        n = self.optimizer.popsize - len(g.items)
+        batch, self.pending_seeds = self.pending_seeds[:max(0, n)], self.pending_seeds[max(0, n):]
         if batch:
             self.optimizer.inject([x for _, x in batch])
-        if not self.replayable and recorded:
-            # Optuna samplers: their state is their trials, so the recorded ones are added back as they are
-            self.optimizer.replay([t.user_attrs["genome"] for t in recorded], [self._told(t) for t in recorded])
-            self._note_gen(recorded)
-            if len(recorded) >= popsize:
-                return _Gen(gen, [], {}, [])
-            first = max(t.user_attrs["index"] for t in recorded) + 1
-            items = list(enumerate(self.optimizer.ask(popsize - len(recorded)), start=first))
-        else:
-            items = list(enumerate(self.optimizer.ask()))
-        g = _Gen(gen, items, {}, [])
-        for i, x in items:
-            t = self.record.get((gen, i)) if self.replayable else None
+        self._take(g, self.optimizer.ask(n) if n > 0 else [], early=False, batch=batch)
+        g.asked = True
+
+    def _take(self, g: _Gen, xs: list[list[float]], *, early: bool, batch: list = ()) -> None:
+        """Index the asked points; each is found in the record (pycma replay), recorded as a duplicate of an
+        evaluated genome, or queued for a worker."""
+        for j, x in enumerate(xs):
+            i = max((k for k, _ in g.items), default=-1) + 1
+            g.items.append((i, x))
+            t = self.record.get((g.number, i)) if self.replayable else None
             if t is not None:
                 if max(abs(a - b) for a, b in zip(x, t.user_attrs["genome"])) > 1e-9:
-                    raise RuntimeError(f"replay diverged at generation {gen} (trial {t.number}): the "
+                    raise RuntimeError(f"replay diverged at generation {g.number} (trial {t.number}): the "
                                        "optimizer asked another point than the recorded one")
                 g.told[i] = self._told(t)
                 self.bar.update(1)
                 continue
             values = self.genome.decode(x)
             seed_name = None
-            if i < len(batch) and max(abs(a - b) for a, b in zip(x, batch[i][1])) < 0.05:
-                seed_name = batch[i][0]  # pycma nudges points lying on a bound
+            if j < len(batch) and max(abs(a - b) for a, b in zip(x, batch[j][1])) < 0.05:
+                seed_name = batch[j][0]  # pycma nudges points lying on a bound
             dup = self.cache.get(self._key(values))
             if dup is not None:
-                self.ledger.record_duplicate(values, {"generation": gen, "index": i, "genome": x}, dup)
+                attrs = {"generation": g.number, "index": i, "genome": x, **({"early": True} if early else {})}
+                self.ledger.record_duplicate(values, attrs, dup)
                 g.told[i] = list(dup.values)
                 self.bar.update(1)
                 continue
-            g.queue.append(_Item(gen, i, x, values, seed_name))
-        return g
+            g.queue.append(_Item(g.number, i, x, values, seed_name, early))
 
     def _close(self, g: _Gen) -> None:
-        """Tell generation g's results (skipped for a generation an Optuna replay already holds)."""
-        if not g.items:
-            return
-        self.optimizer.tell([x for _, x in g.items], [g.told[i] for i, _ in g.items])
+        """Tell generation g's results (an Optuna sampler already holds the replayed ones)."""
+        live = [(i, x) for i, x in g.items if i not in g.replayed]
+        if live:
+            self.optimizer.tell([x for _, x in live], [g.told[i] for i, _ in live])
         done = [v for v in g.told.values() if v is not None]
         gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
                         if self.multi else v[0]) for v in done) if done else None
@@ -532,7 +606,10 @@ class _Loop:
         attrs = {"generation": item.gen, "index": item.index, "genome": item.x}
         if item.seed_name:
             attrs["seed_candidate"] = item.seed_name
+        if item.early:
+            attrs["early"] = True
         number = self.ledger.start(item.values, attrs)
+        self.evaluated += 1
         prune_below = None
         fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
         if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
@@ -541,7 +618,6 @@ class _Loop:
 
     def _record(self, item: _Item, result: CandidateResult) -> None:
         g = next(g for g in self.open if g.number == item.gen)
-        self.evaluated += 1
         if result.first_pass is not None and math.isfinite(result.first_pass):
             self.fp_best = result.first_pass if self.fp_best is None else max(self.fp_best, result.first_pass)
         if result.ok and result.pruned:
@@ -569,12 +645,6 @@ class _Loop:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return None
         return list(trial.values)
-
-    def _note_gen(self, recorded) -> None:
-        self.bar.update(len(recorded))
-        if len(recorded) >= self.popsize:
-            vals = [fitness_of(t) for t in recorded if t.values]
-            self.per_gen.append(max(vals) if vals else None)
 
     def _finalists_to_recheck(self, k: int) -> list[_Recheck]:
         """The top-k trials by dev fitness that have no holdout score yet."""

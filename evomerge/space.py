@@ -619,21 +619,8 @@ def _parse_seeds(raw: Any, where) -> tuple[SeedCandidate, ...]:
 
 def load_space(path: str | Path) -> Space:
     """Read and validate a search-space YAML file."""
-    import yaml
+    from evomerge.yamlfile import load_yaml
 
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise UserError(str(p), "no such file", "check the path to the search space") from None
-    except IsADirectoryError:
-        raise UserError(str(p), "is a directory", "pass a search-space YAML file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(str(p), f"not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(str(p), f"malformed YAML{at}", "fix the syntax") from None
+    data = load_yaml(p, "a search-space YAML file")
     return parse_space(data, str(p.resolve()))

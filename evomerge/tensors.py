@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
+from evomerge.atomic import replace_dir, temp_sibling, write_atomic, write_error
 from evomerge.errors import UserError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -289,9 +290,10 @@ def write_model_dir(out_dir: Path, specs: Sequence[TensorSpec], tensors: Iterabl
     never leaves a directory that looks complete.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp = temp_sibling(out_dir)
+    except OSError as e:
+        raise write_error(out_dir, e) from None
     try:
         shards = plan_shards(specs, max_shard_bytes)
         n = len(shards)
@@ -324,20 +326,26 @@ def write_model_dir(out_dir: Path, specs: Sequence[TensorSpec], tensors: Iterabl
         if n > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
                      "weight_map": {s.name: fname for fname, shard in zip(fnames, shards) for s in shard}}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            write_atomic(tmp / "model.safetensors.index.json", json.dumps(index, indent=2))
+        write_atomic(tmp / "config.json", json.dumps(config, indent=2))
         for fname in SIDE_FILES:
             src = Path((tokenizer_from or side_files_from) if fname in TOKENIZER_FILES else side_files_from) / fname
             if src.is_file():
                 shutil.copy2(src, tmp / fname)
+                _fsync_file(tmp / fname)
+        replace_dir(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out_dir, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
     return out_dir
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def iter_tensors(files: ModelFiles, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:

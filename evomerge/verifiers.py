@@ -191,6 +191,20 @@ def _two_responses_rule(r: str, separator: str = "******") -> bool:
     return len(parts) == 2 and all(parts) and parts[0] != parts[1]
 
 
+def vocabulary_share(r: str, words: list[str] | tuple[str, ...]) -> float:
+    """The share of the response's words (runs of `\\w`) found in `words` (case-insensitive); capitalized words
+    count for neither side (names are written the same in both languages of the miniature, and proper nouns
+    would bias the share in real languages). 0.0 when no word is left."""
+    vocab = {w.lower() for w in words}
+    counted = [w for w in _words(r) if not w[0].isupper()]
+    return sum(w.lower() in vocab for w in counted) / len(counted) if counted else 0.0
+
+
+def _vocabulary_share_rule(r: str, words: list[str], min: float) -> bool:
+    # a language no identifier knows (the miniature's synthetic B) is recognized by its word list instead
+    return vocabulary_share(r, words) >= min
+
+
 def _response_language_rule(r: str, language: str) -> bool:
     from evomerge.language_id import is_language
 
@@ -245,6 +259,9 @@ RULES: dict[str, Rule] = {
                           "two different responses separated by `separator` (******)"),
     "response_language": Rule(_response_language_rule, {"language": str}, {},
                               "written in `language` (offline language identification)"),
+    "vocabulary_share": Rule(_vocabulary_share_rule, {"words": list, "min": float}, {},
+                             "at least a `min` share (0..1) of the words are in `words` (capitalized words "
+                             "count for neither side): fidelity to a language given by its word list"),
 }
 
 

@@ -90,3 +90,32 @@ def test_resident_merge_equals_disk_merge_bitwise(llama_trio, tmp_path):
         disk = _tensors(out)
         for name, t in disk.items():
             assert torch.equal(live[name], t), name
+
+
+def test_streamed_merge_equals_disk_merge_under_inference_mode(tmp_path):
+    """`ResidentMerge.merged` as vLLM's reload_weights consumes it: inside inference mode, with tensors larger than a
+    chunk (so the merge runs on pool threads, which must write the inference-mode outputs under that mode too)."""
+    from evomerge.methods.chunked import CHUNK
+
+    from conftest import make_llama
+
+    base = make_llama(tmp_path / "base", seed=0, layers=1, vocab=6000)  # embedding: 768k elements > one chunk
+    inst = make_llama(tmp_path / "inst", seed=1, parent=base, layers=1, vocab=6000)
+    lang = make_llama(tmp_path / "lang", seed=2, parent=base, layers=1, vocab=6000)
+    assert 6000 * 128 > CHUNK
+    cfg = {"merge_method": "ties", "base_model": str(base), "dtype": "float32",
+           "models": [{"model": str(inst), "parameters": {"weight": 1.0, "density": 0.6}},
+                      {"model": str(lang), "parameters": {"weight": 0.7, "density": 0.6}}]}
+    recipe = Recipe.from_mergekit(cfg)
+    merge_to_disk(recipe, tmp_path / "disk")
+    disk = _tensors(tmp_path / "disk")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            streamed = dict(ResidentMerge(recipe, None).merged(recipe))
+    finally:
+        torch.set_num_threads(threads)
+    assert set(streamed) == set(disk)
+    for name, t in disk.items():
+        assert torch.equal(streamed[name], t), name

@@ -11,7 +11,7 @@ import yaml
 
 from evomerge.miniature import world as w
 from evomerge.miniature.build import build_miniature, is_built, read_build
-from evomerge.miniature.evalsets import SETS, write_eval_sets
+from evomerge.miniature.evalsets import SETS, TRADEOFF_SETS, b_vocabulary, write_eval_sets, write_tradeoff_sets
 from evomerge.miniature.tokenizer import ASSISTANT, END, SPECIAL_TOKENS, UNK, USER, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +140,15 @@ def test_build_is_reused_and_deterministic(built: Path, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary dirs left behind
 
 
+def test_a_build_of_an_older_format_is_replaced(tmp_path: Path) -> None:
+    stale = tmp_path / "stale"
+    (stale / "base").mkdir(parents=True)
+    (stale / "BUILD.json").write_text(json.dumps({"format": 0, "seed": 0, "scale": 0.01, "paths": {}}))
+    assert not is_built(stale)
+    build_miniature(stale, seed=0, scale=0.01)  # a stale cache: rebuilt, not refused
+    assert is_built(stale) and json.loads((stale / "BUILD.json").read_text())["format"] > 0
+
+
 def test_incomplete_or_foreign_dirs(tmp_path: Path) -> None:
     half = tmp_path / "half"
     (half / "base").mkdir(parents=True)
@@ -196,8 +205,48 @@ def test_eval_sets_are_well_formed(tmp_path: Path) -> None:
     assert [(i["split"], i["gold"]) for i in xb] == [(i["split"], i["gold"]) for i in xa]
 
 
+def test_tradeoff_sets_are_well_formed(tmp_path: Path) -> None:
+    from evomerge.evalsets import load_evalset
+    from evomerge.verifiers import check, vocabulary_share
+
+    world = w.make_world(0)
+    tokenizer = build_tokenizer(world)
+    countries = {c.name: c for c in world.countries}
+    written = write_tradeoff_sets(tmp_path, seed=0, n_dev=24, n_holdout=48)
+    assert [p.name for p in written] == list(TRADEOFF_SETS)
+    split_of: dict[str, set[str]] = {}
+    for directory in written:
+        es = load_evalset(directory)
+        assert es.card.language == TRADEOFF_SETS[es.name]
+        counts = {s: sum(it.split == s for it in es.items) for s in ("dev", "holdout")}
+        per = 1 if es.card.kind == "instruction" else 2 / 3  # 3 questions or 2 paragraphs per country
+        assert counts == {"dev": 24 * per, "holdout": 48 * per}
+        for it in es.items:
+            text = it.prompt(es.card)
+            country = next(word for word in text.split() if word in countries)
+            assert countries[country].role == "eval"
+            split_of.setdefault(country, set()).add(it.split)
+            assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+            if es.card.kind == "instruction":
+                # the reference keeps every constraint; the other language's answer breaks at least one
+                assert all(check(c, it.reference) for c in it.constraints), it
+                fact = next(f for f in w.FACTS if w.question(countries[country], f, es.card.language) == text)
+                other = w.answer(countries[country], fact, "xa" if es.card.language == "xb" else "xb")
+                assert not all(check(c, other) for c in it.constraints), (it, other)
+    assert all(len(s) == 1 for s in split_of.values())  # no country straddles dev and holdout, in any set
+    # the multiple-choice sets split the countries the same way
+    for directory in write_eval_sets(tmp_path / "mc", seed=0):
+        for it in load_evalset(directory).items:
+            country = next(word for word in it.fields["question"].split() if word in countries)
+            assert split_of[country] == {it.split}
+    assert vocabulary_share("hiribu Tamsk da .", b_vocabulary()) == 1.0  # names count for neither side
+    assert vocabulary_share("the capital is Tamsk .", b_vocabulary()) == 0.0
+    assert vocabulary_share("ko hiribu is the", b_vocabulary()) == 0.5
+    assert vocabulary_share("Tamsk .", b_vocabulary()) == 0.0
+
+
 def test_committed_eval_sets_match_the_generator(tmp_path: Path) -> None:
-    for directory in write_eval_sets(tmp_path, seed=0):
+    for directory in [*write_eval_sets(tmp_path, seed=0), *write_tradeoff_sets(tmp_path, seed=0)]:
         committed = REPO / "eval_sets" / directory.name
         for file in ("card.yaml", "items.jsonl"):
             assert (committed / file).read_text() == (directory / file).read_text(), f"{directory.name}/{file}"

@@ -67,34 +67,39 @@ def test_nsga2_takes_objective_vectors():
         make_optimizer("cmaes", x0=[0.5], stds=[0.2], popsize=4, seed=0, n_objectives=2)
 
 
-def _pipelined(name: str, seed: int, generations: int, restarts: int = 0) -> tuple[list, float]:
-    """The search's pipelined order: ask 0, ask 1, tell 0, ask 2, tell 1, ..., tell the last two in a row."""
-    opt = make_optimizer(name, x0=[0.9] * 4, stds=[0.2] * 4, popsize=6, seed=seed, restarts=restarts)
+def _pipelined(name: str, seed: int, generations: int, early: int = 2, popsize: int = 6) -> tuple[list, float]:
+    """The search's pipelined order: ask g, ask `early` points of g+1 one by one, tell g, ask the rest of g+1."""
+    opt = make_optimizer(name, x0=[0.9] * 4, stds=[0.2] * 4, popsize=popsize, seed=seed)
     asked = [opt.ask()]
     best = float("-inf")
     for g in range(generations):
-        if g + 1 < generations:
-            asked.append(opt.ask())
+        nxt = [x for _ in range(early) for x in opt.ask(1)] if g + 1 < generations else []
         vals = [_sphere(x) for x in asked[g]]
         best = max(best, *(v[0] for v in vals))
         opt.tell(asked[g], vals)
+        if g + 1 < generations:
+            asked.append(nxt + opt.ask(opt.popsize - len(nxt)))
     return asked, best
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_pipelined_asks_are_deterministic_and_still_improve(name):
     asked, best = _pipelined(name, 1, 12)
+    assert all(len(xs) == 6 for xs in asked)
     assert asked == _pipelined(name, 1, 12)[0]  # replaying the same order gives the same points
     start = max(_sphere(x)[0] for x in asked[0])
     assert best > start
+    # small generations too (pycma mirrors samples below popsize 6 unless told not to; asks in parts break that)
+    assert len(_pipelined(name, 1, 6, early=3, popsize=4)[0]) == 6
 
 
 def test_pipelined_cmaes_survives_restarts():
-    # a flat fitness makes pycma stop, so IPOP restarts with twice the population; the generation asked before
+    # a flat fitness makes pycma stop, so IPOP restarts with twice the population; the early point asked before
     # the restart and told after it is dropped (never told to the fresh strategy), and the run goes on
     opt = make_optimizer("cmaes", x0=[0.5] * 3, stds=[0.2] * 3, popsize=4, seed=0, restarts=1)
     asked = [opt.ask()]
     for g in range(60):
-        asked.append(opt.ask())
+        early = opt.ask(1)
         opt.tell(asked[g], [(1.0,)] * len(asked[g]))
+        asked.append(early + opt.ask(opt.popsize - 1))
     assert opt.restarts_done == 1 and len(asked[-1]) == 8

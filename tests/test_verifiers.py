@@ -10,6 +10,7 @@ from evomerge.verifiers import RULES, check, check_loose, loose_variants, parse_
 # type -> (constraint, a response that keeps it, a response that breaks it); several cases per type where the
 # rule has an edge worth pinning down
 CASES = [
+    ({"type": "vocabulary_share", "words": ["hiribu", "da"], "min": 0.5}, "hiribu Tamsk da .", "the capital is Tamsk ."),
     ({"type": "words", "max": 5}, "one two three four five", "one two three four five six"),
     ({"type": "words", "min": 3}, "l'home i la dona", "hola bon dia"[:8]),
     ({"type": "words", "min": 2, "max": 3}, "Kaixo, zer moduz?", "Kaixo"),

@@ -120,18 +120,18 @@ def score_target(target: str | Path, eval_sets: Sequence[str], backend: str = "a
     directory); the Hugging Face backend is `evaluation.score_target`.
     """
     from evomerge import evaluation
+    from evomerge.evalsets import load_evalset
 
+    sets = [load_evalset(p) for p in eval_sets]  # bad input fails here, before anything is said or started
     machine = probe()
     choice = choose_backend(backend, machine)
     print(choice, file=sys.stderr)
     if choice.name == "hf":
         return evaluation.score_target(target, eval_sets, split, max_items, seed, device, dtype, batch_size)
     from evomerge.backends.vllm import VLLMBackend
-    from evomerge.evalsets import load_evalset
     from evomerge.hub import local_model_dir, model_config
     from evomerge.recipe import load_recipe_yaml
 
-    sets = [load_evalset(p) for p in eval_sets]  # validate before the (slow) engine start
     target = Path(target)
     if target.is_dir():
         engine = VLLMBackend.load(target, dtype, kv_cache_bytes=None if machine.gpus else GiB)

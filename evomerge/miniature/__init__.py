@@ -8,7 +8,9 @@ common base both were trained from. Merging them should make the instruct model 
 - `tokenizer`: a word-level Hugging Face tokenizer with a chat template over the world's vocabulary.
 - `train`: a plain-torch causal-LM training loop.
 - `build`: `build_miniature(out_dir)` trains and writes base, instruct and lang-xb model directories.
-- `evalsets`: `write_eval_sets(root)` writes the `mini_xb_facts` and `mini_xa_chat` eval sets.
+- `evalsets`: `write_eval_sets(root)` writes the log-probability sets `mini_xb_facts` and `mini_xa_chat`;
+  `write_tradeoff_sets(root)` the generation-scored trade-off sets the quickstart optimizes (instructions in A,
+  fidelity to B, correct answers in B) and `mini_xb_text` (bits per byte in B).
 
 Nothing is imported here on purpose: torch and transformers load only when a submodule is used.
 """

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BUILD_FILE = "BUILD.json"
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2  # 2: the instruct fine-tune is no longer scaled down (see _build_into)
 
 # Architecture: head_dim = 128 / 2 = 64, the smallest vLLM's CPU attention kernels accept.
 MODEL_SHAPE: dict[str, Any] = dict(
@@ -42,8 +42,9 @@ MODEL_SHAPE: dict[str, Any] = dict(
 )
 BLOCK_SIZE = 64  # tokens per packed pre-training row
 
-# Training runs at scale 1.0; `scale` multiplies the step counts. Sized to take about a minute in all on two
-# cores (base ~42 s, lang-xb ~18 s, instruct ~2 s; each build records its own in BUILD.json "seconds").
+# Training runs at scale 1.0; `scale` multiplies the step counts of pre-training (base and lang-xb). About two
+# minutes of CPU time in all at one thread (base ~80%); wall time depends on the machine's load (each build
+# records its own in BUILD.json "seconds": 549 s, 118 s and 7 s at a load average of ~10 on two cores).
 # The instruct fine-tune is short and gentle on purpose: 72 examples are learned in a few dozen steps, and
 # longer runs only overfit them and damage the base's language modelling.
 BASE_TRAIN = TrainConfig(steps=600, batch_size=32, lr=3e-3, warmup_steps=30)
@@ -86,26 +87,35 @@ def read_build(out_dir: Path) -> MiniaturePaths:
 def build_miniature(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> MiniaturePaths:
     """Build (or reuse) the miniature of `seed` at `scale` in `out_dir` and return its paths.
 
-    Returns at once when `out_dir` already holds a build of the same seed and scale. A build of another seed or
-    scale is replaced; any other existing content of `out_dir` makes this raise FileExistsError, since it
-    is not ours to delete. Same seed, scale and machine give identical weights.
+    Returns at once when `out_dir` already holds a build of the same seed and scale. A build of another seed,
+    scale or BUILD_FORMAT is replaced; any other existing content of `out_dir` makes this raise FileExistsError,
+    since it is not ours to delete. Same seed, scale and machine give identical weights (the build runs on one
+    thread whatever the caller's setting).
     """
     out_dir = Path(out_dir)
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if _matches(out_dir, seed, scale):
         return read_build(out_dir)
-    if out_dir.exists() and not is_built(out_dir) and any(out_dir.iterdir()):
+    if out_dir.exists() and not is_built(out_dir) and not _is_older_build(out_dir) and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not a miniature build; refusing to replace it")
+
+    import torch
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished build is an ordinary readable directory
+    # One intra-op thread, whatever the caller's setting: the weights then do not depend on it (the thread count
+    # changes summation order), and on a busy machine two threads spin against each other (measured on two
+    # loaded cores: a 0.1-scale build used 6x more CPU time with two threads and had not finished).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         manifest = _build_into(tmp, seed=seed, scale=scale)
         _write_json(tmp / BUILD_FILE, manifest)  # last: its presence marks the build complete
         _install(tmp, out_dir, seed, scale)
     finally:
+        torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return read_build(out_dir)
 
@@ -118,6 +128,15 @@ def _read_manifest(out_dir: Path) -> dict[str, Any]:
     if manifest.get("format") != BUILD_FORMAT:
         raise ValueError(f"{out_dir / BUILD_FILE}: unknown format {manifest.get('format')!r}")
     return manifest
+
+
+def _is_older_build(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a complete build of another BUILD_FORMAT (ours to replace: a cache gone stale)."""
+    try:
+        manifest = json.loads((out_dir / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
 
 
 def _matches(out_dir: Path, seed: int, scale: float) -> bool:
@@ -230,7 +249,9 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
             tokenizer(pair.answer, add_special_tokens=False)["input_ids"] + [end_id],
         ))
     input_ids, labels = train.pad_examples(examples, tokenizer.pad_token_id)
-    instruct_cfg = _steps(INSTRUCT_TRAIN, scale)
+    # Not scaled below its full length: it takes seconds, and a shorter one leaves an instruct model that cannot
+    # answer in A at all, so small test builds would show no trade-off between A and B.
+    instruct_cfg = _steps(INSTRUCT_TRAIN, max(scale, 1.0))
     losses["instruct"] = _tail(train.train_causal_lm(instruct, input_ids, labels, instruct_cfg))
     _save(instruct, tokenizer, root / "instruct")
     seconds["instruct"] = time.perf_counter() - start

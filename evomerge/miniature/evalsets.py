@@ -1,12 +1,26 @@
-"""The miniature's two eval sets, written in the project's eval-set format (a card.yaml and an items.jsonl).
+"""The miniature's eval sets, written in the project's eval-set format (a card.yaml and an items.jsonl).
 
-- `mini_xb_facts`: questions and answers in B, the skill a merge with the B language model should add.
-- `mini_xa_chat`: the same questions and answers in A, the instruction-following skill a merge should keep.
+Two cheap log-probability sets (what the plumbing tests and the plain `quickstart.yaml` search score):
 
-Items are multiple choice over four full answer sentences; the three distractors state another value of the
-same fact (another capital, colour or animal). Only "eval" countries of the world are used (the instruct model
-was fine-tuned on the others), and dev and holdout never share a country. The two sets are parallel: item k
-asks the same fact of the same country with the same choices in the same order, in A and in B.
+- `mini_xb_facts`: questions and answers in B, multiple choice (gold-choice probability).
+- `mini_xa_chat`: the same questions and answers in A.
+
+They measure fact recall more than instruction following: all four choices have the same form, so a model that
+never saw the chat markup (lang-xb) still ranks them well. The trade-off the project is about is measured by
+four sets scored on what the model generates (the quickstart's objectives, `TRADEOFF_SETS`):
+
+- `mini_xa_instruct`: questions in A; the answer's first sentence must equal the reference answer (correct fact
+  and the trained answer format). The instruct model does this; lang-xb, which never saw the chat markup, does not.
+- `mini_xb_fidelity`: questions in B; at least half of the answer's words must be B words (`vocabulary_share`
+  with B's word list: no language identifier knows a synthetic language).
+- `mini_xb_answers`: questions in B; the first sentence must name the right value and be mostly in B.
+- `mini_xb_text`: paragraphs in B, bits per byte (language-model quality in B).
+
+Items of the generation sets carry a real ISO code as `language` (A's words are English, B's are taken from
+Basque) only because the engine checks codes against its language identifier; their `lang_acc` is not used.
+Only "eval" countries of the world are used (the instruct model was fine-tuned on the others), and dev and
+holdout never share a country, in any set: the countries are shuffled once per seed, the first `n_dev / 3` are
+dev, and the holdout countries follow.
 """
 
 from __future__ import annotations
@@ -31,6 +45,13 @@ from evomerge.miniature.world import (
 
 N_CHOICES = 4
 SETS: dict[str, Language] = {"mini_xb_facts": "xb", "mini_xa_chat": "xa"}
+TRADEOFF_SETS: dict[str, Language] = {"mini_xa_instruct": "xa", "mini_xb_fidelity": "xb", "mini_xb_answers": "xb",
+                                      "mini_xb_text": "xb"}
+# The ISO code the engine's language identifier is given for each language (see the module docstring).
+ISO_CODE: dict[Language, str] = {"xa": "en", "xb": "eu"}
+MIN_B_SHARE = 0.5  # an answer "is in B" when at least half of its (non-name) words are B words
+MAX_NEW_TOKENS = 10  # the longest reference answer is 7 tokens and <|end|>; a little room to show rambling
+TEXTS_PER_COUNTRY = 2
 
 _CARD = """\
 name: {name}
@@ -57,21 +78,21 @@ class _Item:
     gold: int
 
 
-def _items(world: World, rng: random.Random, n_dev: int, n_holdout: int) -> list[_Item]:
+def _split_countries(world: World, rng: random.Random, n_dev: int, n_holdout: int) -> dict[str, list[Country]]:
+    """Dev and holdout countries: the eval countries shuffled by `rng`, enough for `n_dev` then `n_holdout` items
+    at one item per fact. Every set draws from a fresh `Random(f"{seed}/evalsets")`, so all split alike."""
     countries = list(world.by_role("eval"))
     rng.shuffle(countries)
-    per_country = len(FACTS)
-    n_dev_countries = -(-n_dev // per_country)
-    n_holdout_countries = -(-n_holdout // per_country)
-    if n_dev_countries + n_holdout_countries > len(countries):
-        raise ValueError(
-            f"{n_dev} dev + {n_holdout} holdout items need {n_dev_countries + n_holdout_countries} countries "
-            f"at {per_country} items each; the world holds {len(countries)} eval countries"
-        )
-    groups = {
-        "dev": (countries[:n_dev_countries], n_dev),
-        "holdout": (countries[n_dev_countries : n_dev_countries + n_holdout_countries], n_holdout),
-    }
+    n_dev_c, n_hold_c = -(-n_dev // len(FACTS)), -(-n_holdout // len(FACTS))
+    if n_dev_c + n_hold_c > len(countries):
+        raise ValueError(f"{n_dev} dev + {n_holdout} holdout items need {n_dev_c + n_hold_c} countries at "
+                         f"{len(FACTS)} items each; the world holds {len(countries)} eval countries")
+    return {"dev": countries[:n_dev_c], "holdout": countries[n_dev_c:n_dev_c + n_hold_c]}
+
+
+def _items(world: World, rng: random.Random, n_dev: int, n_holdout: int) -> list[_Item]:
+    splits = _split_countries(world, rng, n_dev, n_holdout)
+    groups = {"dev": (splits["dev"], n_dev), "holdout": (splits["holdout"], n_holdout)}
     items = []
     for split, (split_countries, n) in groups.items():
         split_items = []
@@ -87,7 +108,7 @@ def _items(world: World, rng: random.Random, n_dev: int, n_holdout: int) -> list
 
 
 def write_eval_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 40) -> list[Path]:
-    """Write `mini_xb_facts` and `mini_xa_chat` under `root` and return their directories.
+    """Write the multiple-choice sets `mini_xb_facts` and `mini_xa_chat` under `root`; return their directories.
 
     The output is a pure function of the arguments (files are overwritten byte for byte), so committed sets
     can be checked against a fresh write.
@@ -110,5 +131,95 @@ def write_eval_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: in
             }
             lines.append(json.dumps(record, ensure_ascii=False))
         (directory / "items.jsonl").write_text("\n".join(lines) + "\n")
+        written.append(directory)
+    return written
+
+
+_GENERATION_CARD = """\
+# {what}
+name: {name}
+language: {language}
+kind: instruction
+metric: prompt_acc
+chat_template: true
+prompt: "{{question}}"
+few_shot: 0
+max_new_tokens: {max_new_tokens}
+{stop}source: generated by evomerge.miniature (seed {seed})
+license: CC0-1.0
+"""
+_TEXT_CARD = """\
+# Paragraphs in B about held-out countries: language-model quality in B (lower is better).
+name: {name}
+language: {language}
+kind: perplexity
+metric: bits_per_byte
+prompt: "{{text}}"
+source: generated by evomerge.miniature (seed {seed})
+license: CC0-1.0
+"""
+_WHAT = {
+    "mini_xa_instruct": "Questions in A; the first sentence of the answer must be the reference answer.",
+    "mini_xb_fidelity": f"Questions in B; at least {MIN_B_SHARE:g} of the answer's words must be B words.",
+    "mini_xb_answers": "Questions in B; the first sentence must name the right value, mostly in B words.",
+}
+
+
+def b_vocabulary() -> list[str]:
+    """B's words (names excluded: they are the same in both languages), sorted."""
+    from evomerge.miniature.world import DICTIONARY
+
+    return sorted(set(DICTIONARY.values()))
+
+
+def _constraints(name: str, country: Country, fact: Fact) -> list[dict[str, object]]:
+    from evomerge.miniature.world import DICTIONARY
+
+    in_b = {"type": "vocabulary_share", "words": b_vocabulary(), "min": MIN_B_SHARE}
+    if name == "mini_xa_instruct":
+        return [{"type": "starts_with", "text": answer(country, fact, "xa")}]
+    if name == "mini_xb_fidelity":
+        return [in_b]
+    value = fact_value(country, fact)
+    return [{"type": "include_keywords", "words": [DICTIONARY.get(value, value)]}, in_b]
+
+
+def write_tradeoff_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 48) -> list[Path]:
+    """Write the four `TRADEOFF_SETS` under `root` and return their directories (a pure function of the
+    arguments, like `write_eval_sets`)."""
+    from evomerge.miniature.world import paragraph
+
+    world = make_world(seed)
+    splits = _split_countries(world, random.Random(f"{seed}/evalsets"), n_dev, n_holdout)
+    limits = {"dev": n_dev, "holdout": n_holdout}
+    written = []
+    for name, language in TRADEOFF_SETS.items():
+        directory = Path(root) / name
+        directory.mkdir(parents=True, exist_ok=True)
+        records: list[dict[str, object]] = []
+        if name == "mini_xb_text":
+            card = _TEXT_CARD.format(name=name, language=language, seed=seed)
+            rng = random.Random(f"{seed}/evalsets/text")
+            for split, countries in splits.items():
+                for country in countries:
+                    for _ in range(TEXTS_PER_COUNTRY):
+                        records.append({"id": f"{name}-{len(records) + 1:04d}", "split": split,
+                                        "text": paragraph(world, rng, country, language)})
+        else:
+            # mini_xb_answers stops at the first "." so only the first sentence counts (models ramble)
+            stop = 'stop: ["."]\n' if name == "mini_xb_answers" else ""
+            card = _GENERATION_CARD.format(what=_WHAT[name], name=name, language=language, seed=seed,
+                                           max_new_tokens=MAX_NEW_TOKENS, stop=stop)
+            for split, countries in splits.items():
+                pairs = [(c, f) for c in countries for f in FACTS][: limits[split]]
+                for country, fact in pairs:
+                    reference = answer(country, fact, language)
+                    records.append({"id": f"{name}-{len(records) + 1:04d}", "split": split,
+                                    "question": question(country, fact, language),
+                                    "constraints": _constraints(name, country, fact),
+                                    "language": ISO_CODE[language],
+                                    "reference": reference[:-2] if stop else reference})
+        (directory / "card.yaml").write_text(card)
+        (directory / "items.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
         written.append(directory)
     return written

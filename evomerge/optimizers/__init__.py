@@ -2,7 +2,9 @@
 
 `make_optimizer(name, ...)` picks one: `cmaes` (pycma, the default), `tpe`, `gp`, `nsga2`, `optuna-cmaes` (Optuna's
 samplers) and `random` (the baseline). A generation is `ask()` -> evaluate -> `tell(xs, values)`, where each value is
-a tuple of objective values (one for single-objective optimizers) or None for a failed candidate. `replay` feeds
+a tuple of objective values (one for single-objective optimizers) or None for a failed candidate. A generation may
+also be asked in parts (`ask(n)`), some of it before the previous generation is told: the search hands a worker
+that would otherwise wait one point of the next generation at a time. `replay` feeds
 recorded generations back in, so a resumed run continues from the optimizer state it would have had.
 """
 
@@ -20,8 +22,9 @@ class Optimizer(Protocol):
     """The face every optimizer shows the search loop."""
 
     multi_objective: bool
+    popsize: int  # the current generation size (cmaes: doubles at each IPOP restart)
 
-    def ask(self) -> list[list[float]]: ...
+    def ask(self, n: int | None = None) -> list[list[float]]: ...
 
     def tell(self, xs: Sequence[Sequence[float]], values: Sequence[Values]) -> None: ...
 

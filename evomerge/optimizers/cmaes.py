@@ -29,14 +29,17 @@ class CmaEs:
 
         opts = {"bounds": [0.0, 1.0], "popsize": popsize,
                 "seed": self.seed * 1000 + self.restarts_done + 1,  # pycma treats seed 0 as "random"
-                "CMA_stds": self.stds, "verbose": -9, "verb_log": 0, "verb_disp": 0}
+                "CMA_stds": self.stds, "verbose": -9, "verb_log": 0, "verb_disp": 0,
+                # no mirrored samples (pycma's default below popsize 6): they are injected into the next full ask,
+                # and the search may ask a generation in parts (points asked early, then the rest)
+                "CMA_mirrors": 0}
         return cma.CMAEvolutionStrategy(self.x0, self.sigma0, opts)
 
-    def ask(self) -> list[list[float]]:
-        """One generation of candidates (unit coordinates, inside the box). May be called again before the last
-        generation is told (the search's pipeline): pycma keeps every asked point, and the later tell uses it as
-        sampled from the distribution one update earlier."""
-        xs = [list(map(float, x)) for x in self._es.ask()]
+    def ask(self, n: int | None = None) -> list[list[float]]:
+        """`n` candidates (default: a generation), unit coordinates inside the box. Points of the next generation
+        may be asked before this one is told (the search's pipeline): pycma keeps every asked point, and the later
+        tell uses such a point as sampled from the distribution one update earlier."""
+        xs = [list(map(float, x)) for x in self._es.ask(n)]
         self._told_since_ask = False
         for x in xs:
             self._asked_by[tuple(x)] = self.restarts_done
@@ -52,9 +55,13 @@ class CmaEs:
         """Report a generation's objective values (None for failed candidates); restart when converged."""
         import numpy as np
 
-        asked_by = [self._asked_by.pop(tuple(map(float, x)), self.restarts_done) for x in xs]
-        if any(r != self.restarts_done for r in asked_by):
-            return  # asked before a restart (pipelined), told after it: the fresh strategy starts without them
+        # points asked before a restart (pipelined) and told after it are dropped: the fresh strategy starts
+        # without them, and is told only its own points (if enough of them for a generation's update)
+        current = [self._asked_by.pop(tuple(map(float, x)), self.restarts_done) == self.restarts_done for x in xs]
+        xs = [x for x, c in zip(xs, current) if c]
+        values = [v for v, c in zip(values, current) if c]
+        if len(xs) < max(2, self.popsize // 2):
+            return
         if self._told_since_ask:
             # two tells in a row (a pipelined run's last generations): pycma takes one tell per ask, so draw (and
             # drop) a generation in between; deterministic, so a replay does the same
