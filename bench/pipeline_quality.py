@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import BenchResult, Row, write_json  # noqa: E402
+from report import BenchResult, Row, add_arguments, write_json  # noqa: E402
 
 
 def sphere(x) -> float:
@@ -62,8 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--generations", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="3 seeds, 8 generations")
-    ap.add_argument("--json", type=Path, help="write the results here (bench/report.py format)")
+    add_arguments(ap)  # --json PATH, --quick (3 seeds, 8 generations)
     args = ap.parse_args()
     seeds, gens = (3, 8) if args.quick else (args.seeds, args.generations)
 

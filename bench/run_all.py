@@ -31,13 +31,14 @@ sys.path.insert(0, str(HERE))
 import plots_bench  # noqa: E402
 from report import BenchResult, markdown_table, read_json  # noqa: E402
 
-BENCHES = ("disk_merge", "resident_throughput", "scoring_overhead", "search_efficiency", "overhead",
-           "busy_fraction", "backend_agreement")
+BENCHES = ("disk_merge", "resident_throughput", "scoring_overhead", "search_efficiency", "pipeline_quality",
+           "overhead", "busy_fraction", "backend_agreement")
 GPU_BENCHES = ("gpu_8b",)
 TITLES = {"disk_merge": "disk merge vs mergekit-yaml", "resident_throughput": "resident merge / copy bandwidth",
           "scoring_overhead": "scoring overhead vs bare forward", "search_efficiency": "search efficiency",
           "overhead": "per-candidate overhead vs disk round trip", "busy_fraction": "worker busy fraction",
-          "backend_agreement": "vLLM vs HF backend agreement", "gpu_8b": "8B shapes on a GPU"}
+          "backend_agreement": "vLLM vs HF backend agreement", "gpu_8b": "8B shapes on a GPU",
+          "pipeline_quality": "pipelined asks vs barrier (CMA-ES)"}
 
 
 def run_one(name: str, out: Path, quick: bool, timeout: float, bench_dir: Path = HERE) -> tuple[BenchResult, float]:

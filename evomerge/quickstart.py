@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from evomerge.atomic import write_atomic
 from evomerge.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +107,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
 
     names = tuple(o.name for o in objs)
     result = tradeoff(points, names, AXES if set(AXES) <= set(names) else names[:2])
-    (run_dir / TRADEOFF_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(run_dir / TRADEOFF_FILE, json.dumps(result, indent=2) + "\n")
     print()
     print(render_table(points, names))
     print(_verdict(result))

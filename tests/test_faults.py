@@ -181,7 +181,9 @@ def test_a_trial_left_waiting_by_a_kill_does_not_shift_params(space, tmp_path):
 # --- Ctrl-C and a second driver --------------------------------------------------------------------------------
 def test_ctrl_c_records_in_flight_results_and_a_second_driver_is_refused(space, tmp_path):
     run = tmp_path / "runs" / "c"
-    proc = _start("search", str(space), "--name", "c", "--runs-dir", str(run.parent), "--workers", "1", *DRIVE)
+    # many generations, so the run is surely still going when Ctrl-C comes (a fast machine finishes 5 in seconds)
+    proc = _start("search", str(space), "--name", "c", "--runs-dir", str(run.parent), "--workers", "1",
+                  "--generations", "40", *DRIVE)
     busy = _wait(run, proc, lambda ts: any(t.state == optuna.trial.TrialState.COMPLETE for t in ts)
                  and any(t.state == optuna.trial.TrialState.RUNNING for t in ts))
     assert busy, proc.communicate()

@@ -47,7 +47,10 @@ class Scratch:
         key = (slot, dtype)
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=dtype, device=self.device)
+            # kept across calls, so never an inference tensor (one made under inference mode could be written only
+            # under it again, and the same thread may merge outside it later)
+            with torch.inference_mode(False):
+                buf = torch.empty(n, dtype=dtype, device=self.device)
             if self.device.type == "cpu":
                 self.buffers[key] = buf
         return buf[:n]
