@@ -267,7 +267,8 @@ class ResidentMerge:
     targets, through per-thread scratch buffers of a cache's size. A model that ties lm_head to its embedding has no
     separate lm_head target; the merged embedding serves both, as it does when the model is loaded from disk.
     Without `targets` (None), `merged(recipe)` streams the merged tensors one by one instead (vLLM's
-    `reload_weights` takes an iterator; no second copy of the model is kept).
+    `reload_weights` takes an iterator; no second copy of the model is kept), through buffers made once: one per
+    tensor outside the layers, and one per tensor of a layer for two consecutive layers (double buffering).
     `keep_draws`: DARE methods keep the template seed's random draws (int16, one per element and input) instead of
     drawing again for every candidate (about 10x faster per candidate; the masks are the same either way).
     """
@@ -283,6 +284,9 @@ class ResidentMerge:
         self.dtype = dtype = torch_dtype(recipe.dtype)
         self.device = device = torch.device(device)
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._slots: dict[str, tuple] = {}  # tensor -> the stream buffer it is merged into (targets None)
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        layer_run, last_layer, position = -1, None, 0
         self._prepared: dict[str, tuple[torch.Tensor | None, list[torch.Tensor]]] = {}
         for tp in plan.tensors:
             if targets is not None:
@@ -297,6 +301,14 @@ class ResidentMerge:
                                     "load the instruct model in the recipe's dtype")
                 self.targets[tp.name] = target
             self._shapes[tp.name] = tuple(tp.shape)
+            layer = plan.family.layer_of(tp.name)
+            if layer is None:
+                self._slots[tp.name] = (tp.name,)
+            else:
+                if layer != last_layer:
+                    layer_run, last_layer, position = layer_run + 1, layer, 0
+                self._slots[tp.name] = (position, layer_run % 2, tuple(tp.shape))
+                position += 1
             base, inputs = load_inputs(plan, tp, dtype)
             base = base.to(device) if base is not None else None
             # the template's coefficients: DARE keeps its seed's draws (2 bytes an element and input) unless told not
@@ -321,11 +333,17 @@ class ResidentMerge:
             self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), self.targets[name])
 
     def merged(self, recipe: Recipe) -> Iterator[tuple[str, torch.Tensor]]:
-        """The merge of `recipe`, tensor by tensor in checkpoint order: (name, a new tensor). The consumer may keep
-        the tensors it is handed (each is fresh); nothing else of model size is allocated."""
+        """The merge of `recipe`, tensor by tensor in checkpoint order: (name, tensor). The tensors are reused
+        buffers (made on the first candidate, never per candidate): the consumer must be done with a layer's
+        tensors before it takes those of the layer after next, as vLLM's reload_weights is (it loads a layer as
+        soon as all its tensors are in), and with the others before the next candidate."""
         self._check(recipe)
         for name, (base, prepared) in self._prepared.items():
-            out = torch.empty(self._shapes[name], dtype=self.dtype, device=self.device)
+            out = self._buffers.get(self._slots[name])
+            if out is None:
+                with torch.inference_mode(False):  # kept across calls: never an inference tensor
+                    out = torch.empty(self._shapes[name], dtype=self.dtype, device=self.device)
+                self._buffers[self._slots[name]] = out
             with torch.no_grad():
                 self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), out)
             yield name, out

@@ -72,11 +72,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     started = time.perf_counter()
     space = load_space(space_path)
     if space.build_miniature is not None:
-        from evomerge.miniature.build import build_miniature
-
-        # returns at once when the models are built and current; rebuilds a cache of an older build format
         print(f"tiny models: {space.build_miniature} (built on first use: a few minutes on 2 cores)")
-        build_miniature(Path(space.build_miniature), seed=space.build_seed)
     ensure_models(space)
     built = time.perf_counter()
     name = "quickstart"

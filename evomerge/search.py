@@ -70,20 +70,18 @@ class SearchSummary:
 
 
 def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
-    """Build the tiny miniature models when the space asks for them and any model is absent."""
-    missing = [m for m in space.models if not m.hub and not (Path(m.ref) / "config.json").is_file()]
-    if not missing:
-        return
-    if space.build_miniature is None:
-        raise UserError(missing[0].path, f"model {missing[0].name!r} not found", "fix its path in the search space")
-    from evomerge.miniature.build import build_miniature
+    """Build (or refresh) the tiny miniature models when the space asks for them: absent, or a cache of an older
+    build format, is built; a current build is reused at once."""
+    if space.build_miniature is not None:
+        from evomerge.miniature.build import build_miniature, is_current
 
-    log(f"building the tiny models in {space.build_miniature} (once; a minute or two on 2 cores) ...")
-    build_miniature(Path(space.build_miniature), seed=space.build_seed)
-    still = [m for m in space.models if not m.hub and not (Path(m.ref) / "config.json").is_file()]
-    if still:
-        raise UserError(still[0].path, f"model {still[0].name!r} is not among the built tiny models",
-                        f"point it into {space.build_miniature}")
+        if not is_current(Path(space.build_miniature), space.build_seed):
+            log(f"building the tiny models in {space.build_miniature} (once; a few minutes on 2 cores) ...")
+            build_miniature(Path(space.build_miniature), seed=space.build_seed)
+    missing = [m for m in space.models if not m.hub and not (Path(m.ref) / "config.json").is_file()]
+    if missing:
+        hint = f"point it into {space.build_miniature}" if space.build_miniature else "fix its path in the search space"
+        raise UserError(missing[0].path, f"model {missing[0].name!r} not found", hint)
 
 
 def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:

@@ -99,16 +99,11 @@ def for_chunks(numel: int, device: torch.device, body: Body, threads: int | None
     n_chunks = -(-numel // CHUNK)
     threads = max(1, min(threads or torch.get_num_threads(), n_chunks))
 
-    # pool threads do not inherit the caller's autograd modes; an output made under inference mode (vLLM's
-    # reload_weights consuming ResidentMerge.merged) may only be written under it
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
     def run(block: int) -> None:
         scratch = _cpu_scratch()
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            for c in range(block * n_chunks // threads, (block + 1) * n_chunks // threads):
-                start = c * CHUNK
-                body(start, min(numel, start + CHUNK), scratch)
+        for c in range(block * n_chunks // threads, (block + 1) * n_chunks // threads):
+            start = c * CHUNK
+            body(start, min(numel, start + CHUNK), scratch)
 
     if n_chunks == 1:
         run(0)  # one chunk: in this thread, with torch's own threads

@@ -95,7 +95,7 @@ def build_miniature(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> Mini
     out_dir = Path(out_dir)
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    if _matches(out_dir, seed, scale):
+    if is_current(out_dir, seed, scale):
         return read_build(out_dir)
     if out_dir.exists() and not is_built(out_dir) and not _is_older_build(out_dir) and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not a miniature build; refusing to replace it")
@@ -139,7 +139,8 @@ def _is_older_build(out_dir: Path) -> bool:
     return isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
 
 
-def _matches(out_dir: Path, seed: int, scale: float) -> bool:
+def is_current(out_dir: Path, seed: int, scale: float = 1.0) -> bool:
+    """Whether `out_dir` holds a complete build of this seed and scale in the current build format."""
     if not is_built(out_dir):
         return False
     manifest = _read_manifest(out_dir)
@@ -164,7 +165,7 @@ def _install(tmp: Path, out_dir: Path, seed: int, scale: float) -> None:
         os.rename(tmp, out_dir)
     except OSError:
         # Another process installed a build meanwhile; an identical one is as good as ours.
-        if not _matches(out_dir, seed, scale):
+        if not is_current(out_dir, seed, scale):
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
