@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=["cmaes", "tpe", "gp", "nsga2", "optuna-cmaes", "random"],
                    help="override the space's search.optimizer")
     s.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:PORT) instead of a local one")
+    _tensor_parallel_flag(s)
     _budget_flags(s)
 
     rs = sub.add_parser("resume", help="continue a run from its directory")
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--address", help="join an existing Ray cluster instead of a local one")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.add_argument("--allow-test-splits", action="store_true", help="as for search")
+    _tensor_parallel_flag(rs)
     _budget_flags(rs)
 
     st = sub.add_parser("status", help="what a run has done so far")
@@ -137,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tensor_parallel_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel", type=int, metavar="N",
+                   help="vLLM ranks (GPUs; on CPU, cores) per worker (default: the space's search.tensor_parallel, "
+                        "else the smallest that fits the memory plan); workers x N must fit the cluster")
+
+
 def _budget_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-evals", type=int, help="stop after this many evaluations in all (resume continues)")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (resume continues)")
@@ -147,7 +155,7 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
 def _search_opts(args: argparse.Namespace, name: str):
     from evomerge.search import SearchOptions
 
-    for flag in ("workers", "max_evals", "finalists", "generations", "popsize"):
+    for flag in ("workers", "max_evals", "finalists", "generations", "popsize", "tensor_parallel"):
         v = getattr(args, flag, None)
         if v is not None and v < (0 if flag == "finalists" else 1):
             raise UserError(f"--{flag.replace('_', '-')}", f"must be {'>= 0' if flag == 'finalists' else 'positive'}",
@@ -160,7 +168,7 @@ def _search_opts(args: argparse.Namespace, name: str):
                          allow_test_splits=args.allow_test_splits, backend=args.backend,
                          optimizer=getattr(args, "optimizer", None), max_evals=args.max_evals,
                          max_minutes=args.max_minutes, target=args.target, finalists=args.finalists,
-                         address=args.address)
+                         address=args.address, tensor_parallel=getattr(args, "tensor_parallel", None))
 
 
 def _check_address(address: str) -> None:

@@ -28,6 +28,11 @@ class RunInfo:
     n_layers: int
     created: float
     evomerge: str
+    # the engine the workers scored with, recorded when they first start (None before; `resume` reuses it)
+    backend: str | None = None  # "hf" or "vllm"
+    device: str | None = None  # "cuda" or "cpu"
+    dtype: str | None = None
+    tensor_parallel: int | None = None
 
     def space(self) -> Space:
         """The run's search space, parsed from the recorded text."""
@@ -68,6 +73,29 @@ def read_run(run_dir: str | Path) -> RunInfo:
     except (ValueError, TypeError):  # malformed JSON, or fields missing or unknown
         raise UserError(str(p), "malformed run description", "restore run.json (the search writes it at the start)"
                         ) from None
+
+
+def record_engine(run_dir: Path, backend: str, device: str, dtype: str, tensor_parallel: int) -> RunInfo:
+    """Write the engine the run's workers use into run.json (once: the first start of a run's workers)."""
+    from dataclasses import replace
+
+    info = replace(read_run(run_dir), backend=backend, device=device, dtype=dtype, tensor_parallel=tensor_parallel)
+    write_atomic(Path(run_dir) / RUN_FILE, json.dumps(asdict(info), indent=2))
+    return info
+
+
+def engine_for_resume(info: RunInfo, backend: str, tensor_parallel: int | None) -> tuple[str, int | None]:
+    """The backend and tensor-parallel size a resumed run uses: the recorded ones (scores of one run must come
+    from one engine). An explicit different choice is refused in one line; "auto" and None take the record."""
+    if info.backend is None:  # the workers never started: nothing to keep
+        return backend, tensor_parallel
+    if backend not in ("auto", info.backend):
+        raise UserError("--backend", f"this run scored with {info.backend} (on {info.device}), not {backend}",
+                        f"drop --backend or pass --backend {info.backend}; start a new run to change it")
+    if tensor_parallel is not None and tensor_parallel != info.tensor_parallel:
+        raise UserError("--tensor-parallel", f"this run scored with tensor parallel {info.tensor_parallel}, "
+                        f"not {tensor_parallel}", "drop --tensor-parallel; start a new run to change it")
+    return info.backend, info.tensor_parallel if info.backend == "vllm" else None
 
 
 def new_info(name: str, space_path: Path, seed: int, workers: int, n_layers: int) -> RunInfo:

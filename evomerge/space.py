@@ -21,7 +21,9 @@ Schema (every shipped file in search_spaces/ is an example):
                first_pass?: {items: N, min_fraction?: 0.5} (prune candidates whose fitness on N items per set is
                below that fraction of the best first pass so far, or not finite), recheck_every?: K,
                pipeline?: true (ask the next generation as soon as this one is dispatched: no worker waits for a
-               generation's last candidate; false: a barrier at each generation's end)}
+               generation's last candidate; false: a barrier at each generation's end),
+               tensor_parallel?: N (vLLM ranks, i.e. GPUs, per worker; default: the smallest that fits),
+               max_model_len?: N (longest prompt + answer; default the model's, at most 4096)}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -182,6 +184,8 @@ class SearchSettings:
     first_pass_min_fraction: float = 0.5  # ... and prune when that scores below this fraction of the best first pass
     recheck_every: int | None = None  # also re-score the finalists on holdout every K generations
     pipeline: bool = True  # dispatch generation g+1 while g's last candidates finish (no barrier; search.py)
+    tensor_parallel: int | None = None  # vLLM ranks (GPUs) per worker; None: the smallest that fits (memplan.py)
+    max_model_len: int | None = None  # longest prompt + answer the engine serves (None: the model's, at most 4096)
 
 
 @dataclass(frozen=True)
@@ -424,7 +428,7 @@ def parse_space(data: Any, source: str) -> Space:
     s = _mapping(top.get("search") or {}, where("search"),
                  {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
                   "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass",
-                  "recheck_every", "pipeline"})
+                  "recheck_every", "pipeline", "tensor_parallel", "max_model_len"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -463,7 +467,10 @@ def parse_space(data: Any, source: str) -> Space:
         _number(s["target"], where("search.target")) if "target" in s else None,
         s.get("finalists", d.finalists), fp_items, fp_frac,
         _posint(s["recheck_every"], where("search.recheck_every")) if "recheck_every" in s else None,
-        _flag(s.get("pipeline", d.pipeline), where("search.pipeline")))
+        _flag(s.get("pipeline", d.pipeline), where("search.pipeline")),
+        _posint(s["tensor_parallel"], where("search.tensor_parallel")) if s.get("tensor_parallel") is not None
+        else None,
+        _posint(s["max_model_len"], where("search.max_model_len")) if s.get("max_model_len") is not None else None)
 
     build = top.get("build")
     mini, seed = None, 0

@@ -68,28 +68,53 @@ def choose_backend(requested: str, machine: Machine) -> BackendChoice:
     return BackendChoice("vllm", f"{machine.gpus} GPU(s) and vllm")
 
 
-def plan_worker(choice: BackendChoice, template, config: Mapping[str, Any], machine: Machine,
-                workers: int) -> MemoryPlan:
-    """The memory plan of one worker for a template recipe whose reference model has `config`."""
+def plan_worker(choice: BackendChoice, template, config: Mapping[str, Any], machine: Machine, workers: int,
+                tensor_parallel: int | None = None, max_model_len: int | None = None) -> MemoryPlan:
+    """The memory plan of one worker for a template recipe whose reference model has `config`: on a GPU when the
+    worker's machine has one (either backend), else in RAM. `tensor_parallel`: ranks per worker (None: the
+    smallest that fits, at most GPUs / workers); `max_model_len`: longest sequence (None: the model's, at most
+    4096)."""
     size = model_size(config, template.dtype)
     copies = resident_copies(template.merge_method, len(template.inputs), template.dtype)
-    gpu = machine.gpus > 0 and choice.name == "vllm"  # the Hugging Face worker scores on the CPU
-    return plan_memory(choice.name, size, copies, device="cuda" if gpu else "cpu",
+    longest = max_model_len or min(int(config.get("max_position_embeddings") or 4096), 4096)
+    return plan_memory(choice.name, size, copies, device="cuda" if machine.gpus else "cpu",
                        device_bytes=machine.gpu_bytes, host_bytes=machine.host_bytes, workers=workers,
-                       max_tensor_parallel=max(1, machine.gpus // max(1, workers)),
-                       max_model_len=min(int(config.get("max_position_embeddings") or 4096), 4096))
+                       tensor_parallel=tensor_parallel, max_tensor_parallel=max(1, machine.gpus // max(1, workers)),
+                       max_model_len=longest, method=template.merge_method, n_inputs=len(template.inputs))
 
 
-def plan_for_space(requested: str, space, n_layers: int, workers: int,
-                   machine: Machine | None = None) -> tuple[BackendChoice, MemoryPlan]:
-    """The backend a search over `space` uses and each worker's memory plan (reads config.json files only)."""
+def plan_for_space(requested: str, space, n_layers: int, workers: int, machine: Machine | None = None,
+                   tensor_parallel: int | None = None) -> tuple[BackendChoice, MemoryPlan]:
+    """The backend a search over `space` uses and each worker's memory plan (reads config.json files only).
+    `machine` is what one worker gets (default: this machine); `tensor_parallel` overrides the space's
+    `search.tensor_parallel`."""
     from evomerge.hub import model_config
 
     machine = machine or probe()
     choice = choose_backend(requested, machine)
     template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers)
     ref = space.merged_models[0]  # the template's first input: the model whose config the merge keeps
-    return choice, plan_worker(choice, template, model_config(ref.ref, ref.hub), machine, workers)
+    tp = tensor_parallel or space.search.tensor_parallel
+    if tp and tp > 1 and choice.name != "vllm":
+        raise UserError("--tensor-parallel", f"{tp} ranks need the vLLM backend, this run uses {choice.name}",
+                        "add --backend vllm, or drop --tensor-parallel")
+    return choice, plan_worker(choice, template, model_config(ref.ref, ref.hub), machine, workers, tp,
+                               space.search.max_model_len)
+
+
+def plan_run(requested: str, space, n_layers: int, workers: int, machine: Machine | None = None,
+             tensor_parallel: int | None = None, device: str | None = None) -> tuple[BackendChoice, MemoryPlan]:
+    """`plan_for_space` for a run about to start workers: a plan that does not fit is refused (UserError, exit 2,
+    naming the largest item and the way out) before any worker starts. `device`: the device a resumed run scored
+    on (its run.json), which the workers must have again."""
+    choice, plan = plan_for_space(requested, space, n_layers, workers, machine, tensor_parallel)
+    if device is not None and plan.device != device:
+        raise UserError("resume", f"this run scored on {device}, the workers here have "
+                        f"{'a GPU' if plan.device == 'cuda' else 'no GPU'}",
+                        f"resume where the workers have {'GPUs' if device == 'cuda' else 'no GPU'}, or start a new run")
+    if not plan.fits:
+        raise plan.refusal()
+    return choice, plan
 
 
 def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[Any, Callable[[Any], None]]:
@@ -107,8 +132,9 @@ def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[
     from evomerge.merge import ResidentMerge
     from evomerge.tensors import torch_dtype
 
-    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype))
-    return backend, ResidentMerge(template, backend.parameters()).apply
+    device = "cuda" if plan is not None and plan.device == "cuda" else "cpu"  # a worker with a GPU scores on it
+    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device)
+    return backend, ResidentMerge(template, backend.parameters(), device).apply
 
 
 def score_target(target: str | Path, eval_sets: Sequence[str], backend: str = "auto", split: str = "dev",
