@@ -1,11 +1,13 @@
 # Two commands on a fresh machine:  `make quickstart`  and  `make test`.
 # Each bootstraps a local virtual environment (.venv) with the CPU build of torch first.
+# On a GPU machine, two more: `make gpu-venv` (.venv-gpu: vLLM with the CUDA torch build it was compiled against)
+# and `make gpu-acceptance` (bench/gpu_acceptance.py: the product's GPU path at Llama-3.1-8B shapes).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test venv clean
+.PHONY: quickstart test venv clean gpu-venv gpu-acceptance
 
 venv: $(STAMP)
 
@@ -24,5 +26,23 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+GPU_VENV  := .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+
+gpu-venv: $(GPU_STAMP)
+
+# vllm==0.32.0 pins the torch release it was built against (2.13.0) and pip takes its CUDA build from PyPI;
+# then the project with the same vLLM (the `vllm` extra), mergekit and the dashboard.
+$(GPU_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q 'vllm==0.32.0'
+	$(GPU_VENV)/bin/python -m pip install -q -e '.[vllm,dev,dashboard]'
+	$(GPU_VENV)/bin/python -c "import torch, vllm; assert torch.cuda.is_available(), 'no CUDA device visible'; print('torch', torch.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name(0))"
+	touch $(GPU_STAMP)
+
+gpu-acceptance: $(GPU_STAMP)
+	$(GPU_VENV)/bin/python bench/gpu_acceptance.py --json runs/gpu_acceptance.json
+
 clean:
-	rm -rf $(VENV) runs/tiny runs/quickstart
+	rm -rf $(VENV) $(GPU_VENV) runs/tiny runs/quickstart
