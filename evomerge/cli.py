@@ -232,14 +232,13 @@ def _run(args: argparse.Namespace) -> int:
         r = export_run(args.run, args.out, with_model=not args.recipe_only, trial=args.trial)
         print(f"trial {r.trial} (fitness {r.value:.6f}): recipe {r.recipe_path}" + (f", model {r.model_dir}" if r.model_dir else ""))
     elif args.command == "eval":
-        from evomerge.backends.select import score_target
-        from evomerge.evaluation import format_scores
+        from evomerge.evaluation import format_scores, score_target
         from evomerge.hub import check_weights
 
         if args.model.is_dir():
             check_weights(str(args.model))  # name a corrupt weight file before the backend trips over it
-        scores = score_target(args.model, [str(p) for p in args.eval_set], args.backend, args.split, args.max_items,
-                              args.seed, args.device, args.dtype, args.batch_size)
+        scores = score_target(args.model, [str(p) for p in args.eval_set], args.split, args.max_items, args.seed,
+                              args.device, args.dtype, args.batch_size, backend=args.backend)
         print(json.dumps({k: v.as_dict() for k, v in scores.items()}, indent=2) if args.json else format_scores(scores))
     elif args.command == "evalset":
         from evomerge.evalsources import PullOptions, pull

@@ -148,24 +148,57 @@ def score_model_dir(model_dir: str, eval_sets: Sequence[str], split: str = "dev"
 
 
 def score_target(target: str | Path, eval_sets: Sequence[str], split: str = "dev", max_items: int | None = None,
-                 seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 32) -> dict[str, SetScores]:
-    """Score a model directory, or a mergekit recipe YAML (merged into a temporary directory first)."""
+                 seed: int = 0, device: str = "cpu", dtype: str = "float32", batch_size: int = 32,
+                 backend: str = "hf") -> dict[str, SetScores]:
+    """`evomerge eval`: score a model directory or a mergekit recipe YAML with backend `backend` (auto, hf or
+    vllm; said on stderr unless hf was asked for). The Hugging Face backend merges a recipe into a temporary
+    directory first; vLLM scores a directory as it is and merges a recipe in memory inside its engine."""
+    sets = [load_evalset(p) for p in eval_sets]  # bad input fails here, before anything is started
     target = Path(target)
+    if not target.is_dir() and (target.suffix not in (".yaml", ".yml") or not target.is_file()):
+        raise UserError(str(target), "not a model directory or a recipe YAML", "pass a model dir or recipe.yaml")
+    if backend != "hf":
+        import sys
+
+        from evomerge.backends.select import choose_backend, probe
+
+        machine = probe()
+        choice = choose_backend(backend, machine)
+        print(choice, file=sys.stderr)
+        if choice.name == "vllm":
+            engine = _vllm_engine(target, dtype, machine)
+            return score(engine, [prepare(engine, es, split, max_items, seed) for es in sets])
     if target.is_dir():
         return score_model_dir(str(target), eval_sets, split, max_items, seed, device, dtype, batch_size)
-    if target.suffix not in (".yaml", ".yml") or not target.is_file():
-        raise UserError(str(target), "not a model directory or a recipe YAML", "pass a model dir or recipe.yaml")
     from evomerge.merge import merge_to_disk
     from evomerge.recipe import load_recipe_yaml
 
-    for p in eval_sets:
-        load_evalset(p)
     recipe = load_recipe_yaml(target)
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
         merge_to_disk(recipe, Path(tmp) / "model")
         return score_model_dir(str(Path(tmp) / "model"), eval_sets, split, max_items, seed, device, dtype,
                                batch_size)
+
+
+def _vllm_engine(target: Path, dtype: str, machine):
+    """A vLLM engine on a model directory, or on a recipe's template with the recipe merged in (no temporary
+    model directory), sized by the memory plan of one worker."""
+    from evomerge.backends.select import BackendChoice, plan_worker, start_backend
+    from evomerge.backends.vllm import VLLMBackend
+    from evomerge.hub import local_model_dir, model_config
+    from evomerge.memplan import GiB
+    from evomerge.recipe import load_recipe_yaml
+
+    if target.is_dir():
+        return VLLMBackend.load(target, dtype, kv_cache_bytes=None if machine.gpus else GiB)
+    recipe = load_recipe_yaml(target)
+    plan = plan_worker(BackendChoice("vllm", "eval"), recipe,
+                       model_config(str(local_model_dir(recipe.inputs[0].model)), False), machine, 1)
+    if not plan.fits:
+        raise plan.refusal()
+    engine, apply = start_backend("vllm", recipe, plan)
+    apply(recipe)
+    return engine
 
 
 def format_scores(scores: Mapping[str, SetScores]) -> str:

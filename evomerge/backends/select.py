@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from evomerge.errors import UserError
-from evomerge.memplan import GiB, MemoryPlan, model_size, plan_memory, resident_copies
+from evomerge.memplan import MemoryPlan, model_size, plan_memory, resident_copies
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -135,42 +133,6 @@ def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[
     device = "cuda" if plan is not None and plan.device == "cuda" else "cpu"  # a worker with a GPU scores on it
     backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device)
     return backend, ResidentMerge(template, backend.parameters(), device).apply
-
-
-def score_target(target: str | Path, eval_sets: Sequence[str], backend: str = "auto", split: str = "dev",
-                 max_items: int | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 32) -> dict[str, Any]:
-    """`evomerge eval`: score a model directory or a recipe YAML with the chosen backend (said on stderr).
-
-    vLLM scores a model directory as it is, and merges a recipe in memory inside its engine (no temporary model
-    directory); the Hugging Face backend is `evaluation.score_target`.
-    """
-    from evomerge import evaluation
-    from evomerge.evalsets import load_evalset
-
-    sets = [load_evalset(p) for p in eval_sets]  # bad input fails here, before anything is said or started
-    machine = probe()
-    choice = choose_backend(backend, machine)
-    print(choice, file=sys.stderr)
-    if choice.name == "hf":
-        return evaluation.score_target(target, eval_sets, split, max_items, seed, device, dtype, batch_size)
-    from evomerge.backends.vllm import VLLMBackend
-    from evomerge.hub import local_model_dir, model_config
-    from evomerge.recipe import load_recipe_yaml
-
-    target = Path(target)
-    if target.is_dir():
-        engine = VLLMBackend.load(target, dtype, kv_cache_bytes=None if machine.gpus else GiB)
-    elif target.suffix in (".yaml", ".yml") and target.is_file():
-        recipe = load_recipe_yaml(target)
-        plan = plan_worker(choice, recipe, model_config(str(local_model_dir(recipe.inputs[0].model)), False),
-                           machine, 1)
-        engine, apply = start_backend("vllm", recipe, plan)
-        apply(recipe)
-    else:
-        raise UserError(str(target), "not a model directory or a recipe YAML", "pass a model dir or recipe.yaml")
-    prepared = [evaluation.prepare(engine, es, split, max_items, seed) for es in sets]
-    return evaluation.score(engine, prepared)
 
 
 def _available_ram() -> int:
