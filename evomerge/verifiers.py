@@ -1,5 +1,5 @@
 """Verifiable instruction constraints: one rule function per constraint type, in a plain dict. Pure (the
-`response_language` rule asks the offline language identifier).
+`response_language` rule, and `uppercase`/`lowercase` given a `language`, ask the offline language identifier).
 
 A constraint is written in an item as `{"type": "words", "min": 40, "max": 80}`. Counting rules follow IFEval where
 it has one (words are runs of `\\w`, so "l'home" is two words; bullets are lines starting with "* " or "- ";
@@ -132,9 +132,10 @@ def _highlights_rule(r: str, min: int) -> bool:
     return sum(1 for s in spans if s.strip("*").strip()) >= min
 
 
-def _sections_rule(r: str, count: int, marker: str) -> bool:
-    parts = re.split(rf"\s?{re.escape(marker)}\s?\d+\s?", r)
-    return len(parts) - 1 == count
+def _sections_rule(r: str, marker: str, count: int | None = None, min: int | None = None) -> bool:
+    # `count`: exactly that many sections; `min`: at least (IFEval's multiple_sections checks "at least")
+    n = len(re.split(rf"\s?{re.escape(marker)}\s?\d+\s?", r)) - 1
+    return (count is None or n == count) and (min is None or n >= min)
 
 
 def _placeholders_rule(r: str, min: int) -> bool:
@@ -153,12 +154,39 @@ def _title_rule(r: str) -> bool:
     return any(t.strip() for t in re.findall(r"<<([^\n]+?)>>", r))
 
 
-def _lowercase_rule(r: str) -> bool:
-    return r == r.lower() and any(c.isalpha() for c in r)
+def _in_language(r: str, language: str | None) -> bool:
+    from evomerge.language_id import is_language
+
+    return language is None or is_language(r.lower(), language)
 
 
-def _uppercase_rule(r: str) -> bool:
-    return r == r.upper() and any(c.isalpha() for c in r)
+def _lowercase_rule(r: str, language: str | None = None) -> bool:
+    # `language`: also written in that language (the IFEval translations' "all lowercase, in Spanish")
+    return r == r.lower() and any(c.isalpha() for c in r) and _in_language(r, language)
+
+
+def _uppercase_rule(r: str, language: str | None = None) -> bool:
+    # the language is identified on the lowercased text: identifiers are trained on ordinary casing
+    return r == r.upper() and any(c.isalpha() for c in r) and _in_language(r, language)
+
+
+def _words_containing_rule(r: str, chars: str, min: int | None = None, max: int | None = None) -> bool:
+    # words (runs of \w) holding any of `chars`, case-insensitive: ñ, ü, accented vowels (IFEval_es/ca's
+    # special_character instructions)
+    wanted = set(chars.lower())
+    return _within(sum(1 for w in _words(r) if wanted & set(w.lower())), min, max)
+
+
+def _enclosed_rule(r: str, open: str, close: str) -> bool:
+    # a span opened by `open` and closed by the next `close`, with text between: ¿...? and ¡...! (IFEval_es/ca's
+    # question_marks and exclamation_marks)
+    spans = re.findall(rf"{re.escape(open)}(.*?){re.escape(close)}", r, flags=re.DOTALL)
+    return any(s.strip() for s in spans)
+
+
+def _contains_any_rule(r: str, options: list[str]) -> bool:
+    # IFEval's constrained_response: one of the given answers appears, as written
+    return any(o in r for o in options)
 
 
 def _capital_words_rule(r: str, min: int | None = None, max: int | None = None) -> bool:
@@ -241,13 +269,22 @@ RULES: dict[str, Rule] = {
     "bullets": Rule(_bullets_rule, {"count": int}, {}, "exactly `count` markdown bullets (* or -)"),
     "numbered_items": Rule(_numbered_rule, {"count": int}, {}, "exactly `count` numbered lines (1. or 1))"),
     "highlights": Rule(_highlights_rule, {"min": int}, {}, "at least `min` *highlighted* spans"),
-    "sections": Rule(_sections_rule, {"count": int, "marker": str}, {},
-                     "exactly `count` sections, each opened by `marker` and a number"),
+    "sections": Rule(_sections_rule, {"marker": str}, {"count": int, "min": int},
+                     "exactly `count` (or at least `min`) sections, each opened by `marker` and a number",
+                     ("count", "min")),
     "placeholders": Rule(_placeholders_rule, {"min": int}, {}, "at least `min` [placeholders]"),
     "json": Rule(_json_rule, {}, {}, "the whole response is JSON (a ```json fence is allowed)"),
     "title": Rule(_title_rule, {}, {}, "a title in double angular brackets, <<like this>>"),
-    "lowercase": Rule(_lowercase_rule, {}, {}, "no capital letters"),
-    "uppercase": Rule(_uppercase_rule, {}, {}, "only capital letters"),
+    "lowercase": Rule(_lowercase_rule, {}, {"language": str},
+                      "no capital letters (and, with `language`, written in that language)"),
+    "uppercase": Rule(_uppercase_rule, {}, {"language": str},
+                      "only capital letters (and, with `language`, written in that language)"),
+    "words_containing": Rule(_words_containing_rule, {"chars": str}, _RANGE,
+                             "number of words holding any of `chars` (e.g. ñ) within [min, max]", ("min", "max")),
+    "enclosed": Rule(_enclosed_rule, {"open": str, "close": str}, {},
+                     "a span of text opened by `open` and closed by `close` (¿...?, ¡...!)"),
+    "contains_any": Rule(_contains_any_rule, {"options": list}, {},
+                         "one of `options` appears in the response, as written"),
     "capital_words": Rule(_capital_words_rule, {}, _RANGE, "number of all-capital words within [min, max]",
                           ("min", "max")),
     "no_commas": Rule(_no_commas_rule, {}, {}, "no commas"),
@@ -286,6 +323,12 @@ def parse_constraint(obj: Any, where: str) -> Constraint:
         if not ok:
             raise UserError(f"{where}: {key}", f"must be {'a non-empty list of strings' if want is list else want.__name__}",
                             f"see {obj['type']}: {rule.doc}")
+    if isinstance(args.get("language"), str):
+        from evomerge.language_id import known_languages
+
+        if args["language"] not in known_languages():
+            raise UserError(f"{where}: language", f"unknown language {args['language']!r}",
+                            "use an ISO 639-1 code the offline identifier knows, e.g. eu, ca, gl, es, en")
     if "match" in args and args["match"] not in MATCHES:
         raise UserError(f"{where}: match", f"unknown match {args['match']!r}", f"use one of {', '.join(MATCHES)}")
     missing = [k for k in rule.required if k not in args]
