@@ -192,12 +192,16 @@ def text(row: Mapping[str, Any], col: str, loc: Location, split: str, i: int) ->
 
 
 def integer(row: Mapping[str, Any], col: str, loc: Location, split: str, i: int, lo: int, hi: int) -> int:
-    """An integer cell within [lo, hi] (a digit string, as some sources store it, is accepted)."""
+    """An integer cell within [lo, hi] (a digit string, as some sources store it, or a whole float is accepted)."""
     value = row.get(col)
-    try:
-        n = int(str(value).strip()) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-    except ValueError:
-        n = None
+    n = None
+    if isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            n = None
     if n is None or not lo <= n <= hi:
         raise UserError(f"{loc.where(split)}: row {i}: {col}", f"must be an integer from {lo} to {hi}, got {value!r}",
                         "is this the dataset's own schema?")
