@@ -56,7 +56,8 @@ class Shape:
     def config(self, dtype: str) -> dict:
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": self.hidden,
                 "intermediate_size": self.intermediate, "num_hidden_layers": self.layers,
-                "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads, "head_dim": 64,
+                "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads,
+                "head_dim": self.hidden // self.heads,
                 "vocab_size": self.vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
                 "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0,
                 "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype}
