@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_main(args.probe)
         return 0
     wall0 = time.perf_counter()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; the lent GPU machine has no network
     args.candidates = pick(args.candidates, 12, 6, args.quick)
     args.swaps = min(pick(args.swaps, 10, 4, args.quick), args.candidates)
     args.items = pick(args.items, ITEMS[args.shape][0], ITEMS[args.shape][1], args.quick)

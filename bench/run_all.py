@@ -9,7 +9,7 @@ why) and the others still run. Then:
 - `OUT/latest.md`: the same as one markdown table (bench/report.py), with links to the plots;
 - `OUT/*.png`: search-efficiency curves, resident throughput vs copy bandwidth, and the quickstart's grid vs
   searched front when `runs/quickstart/tradeoff.json` (or `--tradeoff`) exists (bench/plots_bench.py).
-`gpu_8b` joins the default list when a CUDA device is present.
+`gpu_acceptance` (the GPU acceptance run, issue 13) joins the default list when a CUDA device is present.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from report import BenchResult, markdown_table, read_json  # noqa: E402
 
 BENCHES = ("disk_merge", "resident_throughput", "scoring_overhead", "search_efficiency", "pipeline_quality",
            "overhead", "busy_fraction", "backend_agreement")
-GPU_BENCHES = ("gpu_8b",)
+GPU_BENCHES = ("gpu_acceptance",)
 TITLES = {"disk_merge": "disk merge vs mergekit-yaml", "resident_throughput": "resident merge / copy bandwidth",
           "scoring_overhead": "scoring overhead vs bare forward", "search_efficiency": "search efficiency",
           "overhead": "per-candidate overhead vs disk round trip", "busy_fraction": "worker busy fraction",
-          "backend_agreement": "vLLM vs HF backend agreement", "gpu_8b": "8B shapes on a GPU",
+          "backend_agreement": "vLLM vs HF backend agreement", "gpu_acceptance": "GPU acceptance (8B shapes)",
           "pipeline_quality": "pipelined asks vs barrier (CMA-ES)"}
 
 
