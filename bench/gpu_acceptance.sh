@@ -19,5 +19,5 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-timeout -k 10 "${TIMEOUT:-560}" python bench/gpu_acceptance.py --backend hf --json "$OUT/gpu_acceptance.json" "$@" \
+timeout -k 10 "${TIMEOUT:-560}" python bench/gpu_acceptance.py --backend hf --keep-models --json "$OUT/gpu_acceptance.json" "$@" \
     2>&1 | tee "$OUT/gpu_acceptance.log"
