@@ -88,13 +88,18 @@ def model_config(shape: Shape, dtype: str) -> dict:
 
 
 def pick_root(requested: Path | None, need: int) -> Path:
-    """Where the models go: `requested`, else the first of /dev/shm and the temp directory with room for them."""
+    """Where the models go: `requested`, else the first of /dev/shm and the temp directory that already holds
+    them (an earlier run's, kept) or has room for them."""
     if requested is not None:
         return requested
-    for cand in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+    places = [p / "evomerge-gpu-acceptance" for p in (Path("/dev/shm"), Path(tempfile.gettempdir()))]
+    for place in places:
+        if place.is_dir():
+            return place
+    for place in places:
         try:
-            if cand.is_dir() and os.access(cand, os.W_OK) and shutil.disk_usage(cand).free > need * 1.05 + GiB:
-                return cand / "evomerge-gpu-acceptance"
+            if os.access(place.parent, os.W_OK) and shutil.disk_usage(place.parent).free > need + GiB // 2:
+                return place
         except OSError:
             continue
     raise SystemExit(f"no room for the models ({need / 1e9:.1f} GB) in /dev/shm or {tempfile.gettempdir()}: "
@@ -458,11 +463,11 @@ def run_search(args, ctx: dict, tp: int) -> tuple[list[Row], dict]:
     cmd = [sys.executable, "-m", "evomerge", "search", str(ctx["space_path"]), "--name", name, "--runs-dir",
            str(runs), "--backend", "vllm", "--workers", "1", "--no-progress"]
     label = f"vLLM search, TP={tp}"
-    if tp > 1:
-        if not _search_help_has("--tensor-parallel"):
-            return [Row(f"{label}: candidates complete", math.nan, "",
-                        note=NOT_MEASURED + "`evomerge search` has no --tensor-parallel yet")], {}
+    if _search_help_has("--tensor-parallel"):  # also at 1: the plan must not pick a size of its own
         cmd += ["--tensor-parallel", str(tp)]
+    elif tp > 1:
+        return [Row(f"{label}: candidates complete", math.nan, "",
+                    note=NOT_MEASURED + "`evomerge search` has no --tensor-parallel yet")], {}
     plan, plan_src = worker_plan("vllm", ctx["space"], ctx["n_layers"], args.device, tp)
     shutil.rmtree(runs / name, ignore_errors=True)
     log = ctx["run_root"] / f"search-tp{tp}.log"
