@@ -9,8 +9,9 @@ heads, MLP 14336, untied head: 16.1 GB a model in bfloat16), made here (on the G
 as safetensors model directories, nothing from the Hub: a base, an "instruct" and a "lang" model (base + seeded
 noise), with a word-level tokenizer of the full vocabulary ("w3", "w4", ...; bench/models.py). A search space YAML
 (task arithmetic, instruct at 1.0, the lang model's weight per layer plus embeddings and head: 34 genes) and a
-generated multiple-choice eval set go into the run's directory. Where the models go: `--root`, else the first of
-/dev/shm and the temp directory with room for them (48 GB at 8B); they are kept there for the next run.
+generated multiple-choice eval set go into the run's directory. Where the models go: `--root` (kept there for the
+next run), else the first of /dev/shm and the temp directory with room for them (48 GB at 8B), removed at the end
+unless `--keep-models`.
 
 `--backend vllm` (the default with vllm installed and a GPU):
 1. `evomerge search SPACE --backend vllm --workers 1` as a subprocess, 12 candidates (2 generations of 6), at
