@@ -317,39 +317,18 @@ def _nvidia_smi_used() -> list[int]:
 
 # ---- the Hugging Face worker -----------------------------------------------------------------------------------
 
-def start_hf(spec, plan, device: str):
-    """The HF backend's Evaluator on `device`: `Evaluator.start(spec)`, the worker's own start, when the plan
-    places the worker there. The product is being taught to (issue 13: "the HF backend takes a GPU when its worker
-    has one", through `MemoryPlan.device`); until it does, the same parts are assembled here on the device
-    (`HFBackend.load(device=...)`, `ResidentMerge(..., device=...)`, `Evaluator(...)`) and the note says so."""
-    import torch
-
-    from evomerge import evaluation
-    from evomerge.backends.hf import HFBackend
-    from evomerge.evalsets import load_evalset
-    from evomerge.merge import ResidentMerge
-    from evomerge.recipe import Recipe
-    from evomerge.tensors import torch_dtype
+def start_hf(spec, device: str):
+    """The HF backend's Evaluator as a worker starts it (`Evaluator.start`: the plan's device takes the model and
+    the resident sources), and a note saying where the model landed against the requested device."""
     from evomerge.worker import Evaluator
 
-    want = torch.device(device).type
-    if getattr(plan, "device", "cpu") == want:
-        ev = Evaluator.start(spec, "hf-0")
-        got = ev.backend.device.type
-        if got == want:
-            return ev, "Evaluator.start"
-        how = f"Evaluator.start put the model on {got} although the plan says {plan.device}; assembled here"
-        del ev
-        gc.collect()
-    else:
-        how = f"the plan places the HF worker on {getattr(plan, 'device', '?')}: assembled here on {want}"
-    torch.set_num_threads(spec.threads)
-    template = Recipe.from_mergekit(dict(spec.recipe))
-    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device)
-    apply = ResidentMerge(template, backend.parameters(), device=backend.device).apply
-    prepared = [evaluation.prepare(backend, load_evalset(p), spec.split, spec.max_items, spec.seed)
-                for p in spec.eval_sets]
-    return Evaluator(backend, apply, prepared, "hf-0", spec), how
+    ev = Evaluator.start(spec, "hf-0")
+    got = ev.backend.device.type
+    plan_device = getattr(spec.memory, "device", "?")
+    note = f"Evaluator.start, plan device {plan_device}, model on {got}"
+    if got != device:
+        print(f"warning: the HF worker scores on {got}, not on the requested {device} ({note})", flush=True)
+    return ev, note
 
 
 def agreement_requests(ev, n_items: int):
@@ -409,9 +388,9 @@ def run_hf(args, ctx: dict) -> tuple[list[Row], dict]:
         free0, total = torch.cuda.mem_get_info()
     host.start()
     t0 = time.perf_counter()
-    ev, how = start_hf(spec, plan, args.device)
+    ev, how = start_hf(spec, args.device)
     start_s = time.perf_counter() - t0
-    print(f"HF worker started in {start_s:.1f} s ({how}); model on {ev.backend.device}", flush=True)
+    print(f"HF worker started in {start_s:.1f} s ({how})", flush=True)
     results, used = [], []
     for i, recipe in enumerate(ctx["recipes"]):
         r = ev.evaluate(Candidate(i, recipe))
@@ -571,7 +550,7 @@ def probe_main(job_path: str) -> None:
         hf_plan = _plan_from(MemoryPlan, job["hf_plan"])
         spec = EvaluatorSpec(recipes[0], (job["evalset"],), "dev", job["items"], 0, threads=job["threads"],
                              backend="hf", memory=hf_plan)
-        ev, how = start_hf(spec, hf_plan, job["device"])
+        ev, how = start_hf(spec, job["device"])
         out["hf"] = hf_reference(ev, recipes[-1], job["agree_items"])
         out["hf_how"] = how
         del ev
@@ -614,16 +593,11 @@ def probe_main(job_path: str) -> None:
 
 
 def _plan_from(cls, d: dict):
-    """A MemoryPlan from its fields (the probe's job file), tolerating fields added or removed since."""
-    names = {f.name for f in dataclasses.fields(cls)}
-
+    """The MemoryPlan of the probe's job file (written by the same code: every field is there)."""
     def tuples(v):  # JSON gave lists: (name, bytes) pairs back to tuples
         return tuple(tuples(x) for x in v) if isinstance(v, list) else v
 
-    try:
-        return cls(**{k: tuples(v) for k, v in d.items() if k in names})
-    except TypeError:
-        return None
+    return cls(**{k: tuples(v) for k, v in d.items()})
 
 
 def run_vllm(args, ctx: dict) -> tuple[list[Row], dict]:
