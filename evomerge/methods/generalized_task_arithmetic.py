@@ -81,7 +81,7 @@ class Variant:
             return [self._dare_mask(prepared, i, coeffs, rescale) for i in range(n)]
         if self.sparsification not in (MAGNITUDE, MAGNITUDE_OUTLIERS):
             return None
-        numel = prepared[0].numel()
+        numel = coeffs.numel or prepared[0].numel()  # the whole tensor's count, also on a tensor-parallel slice
         if self.sparsification == MAGNITUDE:
             windows = [sp.magnitude_window(numel, density[i]) for i in range(n)]
         else:
