@@ -29,6 +29,13 @@ class RunStatus:
     best: tuple[TrialSummary, ...]
     front: tuple[TrialSummary, ...]
     finalists: tuple[TrialSummary, ...]
+    evaluated: int = 0  # trials whose candidate a worker evaluated (duplicates and trials a dead driver left out)
+    early: int = 0  # of those, points asked before the previous generation was told (scheduler.py's pipeline)
+
+    @property
+    def early_fraction(self) -> float | None:
+        """Early trials / evaluated trials (None before any evaluation)."""
+        return self.early / self.evaluated if self.evaluated else None
 
 
 def _summary(t, holdout: Mapping[int, Any]) -> TrialSummary:
@@ -48,6 +55,9 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=info.name, storage=storage_url(Path(run_dir)))
     trials = study.get_trials(deepcopy=False)
+    interrupted = set(study.user_attrs.get("interrupted", []))
+    evaluated = [t for t in trials if t.state.is_finished() and "duplicate_of" not in t.user_attrs
+                 and t.number not in interrupted]
     counts: dict[str, int] = {}
     for t in trials:
         key = t.user_attrs.get("pruned_reason") and "PRUNED" or t.state.name
@@ -63,12 +73,16 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
     best = tuple(_summary(t, holdout) for t in sorted(done, key=lambda t: -fitness_of(t))[:top])
     front = tuple(_summary(t, holdout) for t in study.best_trials) if len(study.directions) > 1 else ()
     finalists = tuple(sorted((_summary(t, holdout) for t in done if t.number in holdout), key=lambda s: -s.holdout))
-    return RunStatus(info.name, objectives, counts, gens, best, front, finalists)
+    return RunStatus(info.name, objectives, counts, gens, best, front, finalists, len(evaluated),
+                     sum(1 for t in evaluated if t.user_attrs.get("early")))
 
 
 def render(status: RunStatus) -> str:
     """The text `evomerge status` prints."""
     lines = [f"run {status.name}: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(status.counts.items()))]
+    if status.early_fraction is not None:
+        lines.append(f"early points: {status.early} of {status.evaluated} evaluated trials "
+                     f"({status.early_fraction:.0%}) were asked before the previous generation was told")
     if status.best_per_generation:
         lines.append("best per generation: " + " ".join("-" if v is None else f"{v:.4f}" for v in status.best_per_generation))
     if status.best:

@@ -4,13 +4,14 @@ A worker loads the source models once (`Evaluator.start`); each candidate is the
 reads: `ResidentMerge.apply`, or its twin inside a vLLM engine) and a scoring pass. Any exception inside a
 candidate becomes a failed `CandidateResult` with its reason: one bad candidate never takes the worker or the run
 down. Scores that are NaN or infinite (a collapsed merge) are a failure too, so the optimizer sees the worst value.
-A worker that dies is replaced by the driver (search.py's `_Pool`), which retries its candidate once.
+A worker that dies is replaced by the driver (pool.py), which retries its candidate once.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,7 @@ class CandidateResult:
     first_pass: float | None = None  # the first pass's fitness, when one ran
     started_at: float = 0.0  # wall clock (epoch seconds) on the worker when the candidate began and ended:
     finished_at: float = 0.0  # what the busy-fraction benchmark and the dashboard's timeline read
+    worker_log: str = ""  # the worker's output file (runs/<name>/workers/<worker>.log), set by the pool
 
     @property
     def ok(self) -> bool:
@@ -141,8 +143,7 @@ class Evaluator:
             scores = evaluation.score(self.backend, self._prepared(candidate.split))
             t2 = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
-            detail = traceback.format_exception_only(type(e), e)[-1].strip()
-            return CandidateResult(candidate.number, error=detail, worker=self.worker)
+            return CandidateResult(candidate.number, error=error_text(e), worker=self.worker)
         if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
             return CandidateResult(candidate.number, error="non-finite scores (collapsed model)",
                                    merge_seconds=t1 - t0, score_seconds=t2 - t1, worker=self.worker)
@@ -162,6 +163,35 @@ class Evaluator:
         return f, None, scores
 
 
+def error_text(e: BaseException, frames: int = 4) -> str:
+    """What a failed trial keeps of an exception: its whole message first (its first line is the summary), then
+    the traceback's last `frames` frames (where it was raised)."""
+    message = "".join(traceback.format_exception_only(type(e), e)).strip()
+    tail = traceback.format_tb(e.__traceback__)[-frames:]
+    if not tail:
+        return message
+    return f"{message}\nTraceback (most recent call last, last {len(tail)} frames):\n" + "".join(tail).rstrip()
+
+
+def redirect_output(path: str | os.PathLike) -> None:
+    """Send this process's stdout and stderr to `path` (appended), at the file-descriptor level: what C code and
+    child processes write (vLLM's engine and its tensor-parallel ranks inherit fds 1 and 2) goes there too."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced streams have nothing pending
+            pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
 def _test_kill_hook(number: int) -> None:
     """Test hook (tests/test_worker_faults.py): with EVOMERGE_TEST_KILL_WORKER_ON_TRIAL=<n> and
     EVOMERGE_TEST_KILL_MARKER=<path>, the worker process that first starts evaluating trial n dies on the spot
@@ -179,16 +209,40 @@ def _test_kill_hook(number: int) -> None:
 
 
 def actor_class(num_cpus: float = 1, num_gpus: float = 0):
-    """The Ray actor around an Evaluator (ray is imported only here, when a search starts)."""
+    """The Ray actor around an Evaluator (ray is imported only here, when a search starts).
+
+    Its calls run in order: the constructor only sends the process's output to the worker's log, `ready` says
+    the actor is placed, `start` loads the engine and sources (its failure is the pool's "could not start"),
+    then `evaluate` runs candidates."""
     import ray
 
     # no restarts by Ray: the driver replaces a dead worker itself and decides what happens to its candidate
     @ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
     class WorkerActor:
-        def __init__(self, spec: EvaluatorSpec, worker: str) -> None:
-            self.evaluator = Evaluator.start(spec, worker)
+        def __init__(self, worker: str, log_path: str | None = None) -> None:
+            if log_path:
+                redirect_output(log_path)
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {worker}: pid {os.getpid()} on {os.uname().nodename}",
+                  flush=True)
+            self.worker = worker
+            self.evaluator: Evaluator | None = None
+
+        def ready(self) -> int:
+            return os.getpid()
+
+        def start(self, spec: EvaluatorSpec) -> str:
+            try:
+                self.evaluator = Evaluator.start(spec, self.worker)
+            except BaseException:
+                traceback.print_exc()  # the whole account in the worker's log; the driver quotes its first line
+                sys.stderr.flush()
+                raise
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.worker}: started ({spec.backend})", flush=True)
+            return self.worker
 
         def evaluate(self, candidate: Candidate) -> CandidateResult:
+            if self.evaluator is None:  # the pool hands out candidates only after `start` returned
+                raise RuntimeError(f"{self.worker} was not started")
             return self.evaluator.evaluate(candidate)
 
     return WorkerActor

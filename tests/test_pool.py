@@ -1,0 +1,179 @@
+"""The Ray pool, for real (a local Ray instance, the miniature models): runs that cannot fit stop in one line before
+any worker starts, a worker that cannot start stops the run with its cause and log, and worker output goes to
+runs/<name>/workers/<worker>.log at the file-descriptor level."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import yaml
+
+from evomerge.pool import local_cores
+from evomerge.worker import Candidate, Evaluator
+
+from conftest import write_space
+
+
+def _cli(*args, env_extra=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "evomerge", *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+def test_more_workers_than_cores_exits_2_in_one_line(miniature, tmp_path):
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=1, max_items=4)
+    runs = tmp_path / "runs"
+    r = _cli("search", str(space), "--name", "many", "--runs-dir", str(runs), "--workers", "64", "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("evomerge: error: --workers: 64 workers need 64 CPUs")
+    assert f"this machine has {local_cores()}" in lines[0] and f"use --workers {local_cores()}" in lines[0]
+    assert not (runs / "many").exists()  # refused before the run directory is made: the same name can be reused
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_cause(miniature, tmp_path):
+    """The instruct model's tokenizer is damaged: the driver never loads it (configs and weight headers are fine),
+    every worker fails in `start`. The worker is started twice, then the run stops in one line naming the cause
+    and the log; it is not respawned for every candidate."""
+    broken = tmp_path / "instruct"
+    shutil.copytree(miniature.instruct, broken)
+    (broken / "tokenizer.json").write_text("{ this is not a tokenizer")
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=2, max_items=4)
+    data = yaml.safe_load(space.read_text())
+    data["models"][1]["path"] = str(broken)
+    space.write_text(yaml.safe_dump(data))
+    runs = tmp_path / "runs"
+    r = _cli("search", str(space), "--name", "broken", "--runs-dir", str(runs), "--workers", "1", "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    logs = sorted((runs / "broken" / "workers").glob("*.log"))
+    assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]  # the first start and one more, no third
+    assert lines[0].startswith("evomerge: error: worker-1: could not start, twice: "), lines[0]
+    assert f"its log: {logs[1]}" in lines[0] and "evomerge resume" in lines[0]
+    for log in logs:  # each log has the worker's own account: its header and the traceback of the failure
+        text = log.read_text()
+        assert f" {log.stem}: pid " in text.splitlines()[0], text
+        assert "Traceback" in text and "tokenizer" in text.lower()
+    study = optuna.load_study(study_name="broken", storage=f"sqlite:///{runs / 'broken' / 'study.db'}")
+    assert study.get_trials() == []  # no trial was opened: candidates go only to started workers
+    r = _cli("status", str(runs / "broken"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_failed_candidate_keeps_its_whole_error_and_where_it_was_raised():
+    message = "the merge went wrong: " + "x" * 900 + "\nsecond line of the message"
+
+    def apply(recipe):
+        raise ValueError(message)
+
+    ev = Evaluator(backend=None, apply=apply, prepared=[], worker="w")
+    recipe = {"merge_method": "linear", "models": [{"model": "m", "parameters": {"weight": 1.0}}], "dtype": "float32"}
+    result = ev.evaluate(Candidate(3, recipe))
+    assert not result.ok
+    assert result.error.startswith(f"ValueError: {message}\nTraceback (most recent call last")  # not cut
+    assert "in apply" in result.error and "raise ValueError(message)" in result.error
+
+
+def test_output_is_redirected_at_the_file_descriptor_level(tmp_path):
+    """What Python prints, what is written to fd 1 and 2 directly, and what a child process prints (as vLLM's
+    rank processes do) all land in the log."""
+    log = tmp_path / "workers" / "w.log"
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys
+        from evomerge.worker import redirect_output
+        print("before")
+        redirect_output({str(log)!r})
+        print("from python")
+        sys.stderr.write("from python stderr\\n")
+        os.write(1, b"from fd 1\\n")
+        os.write(2, b"from fd 2\\n")
+        sys.stdout.flush()
+        subprocess.run(["sh", "-c", "echo from a child; echo child stderr >&2"], check=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "before\n" and r.stderr == ""
+    text = log.read_text()
+    for line in ("from python", "from python stderr", "from fd 1", "from fd 2", "from a child", "child stderr"):
+        assert line in text.splitlines(), text
+
+
+# --- listeners: a local run's Ray processes listen on the loopback interface only ---------------------------------
+
+def _tree(root: int) -> set[int]:
+    """`root` and every process below it (Ray's GCS, raylet, agents and workers descend from the driver)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _listeners(pids: set[int]) -> set[tuple[str, str]]:
+    """(process name, local address) of every listening TCP socket (IPv4 and IPv6) the processes hold."""
+    import ipaddress
+
+    listening = {}  # socket inode -> local address
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            host, port = f[1].split(":")
+            raw = bytes.fromhex(host)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            listening[f[9]] = f"{ipaddress.ip_address(raw)}:{int(port, 16)}"
+    out = set()
+    for pid in pids:
+        try:
+            name = open(f"/proc/{pid}/comm").read().strip()
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in listening:
+                    out.add((name, listening[link[8:-1]]))
+        except OSError:  # the process ended meanwhile
+            continue
+    return out
+
+
+def _loopback(addr: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def test_a_local_run_listens_on_the_loopback_interface_only(miniature, tmp_path):
+    import time
+
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=1, max_items=4)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([sys.executable, "-m", "evomerge", "search", str(space), "--name", "l", "--runs-dir",
+                             str(tmp_path / "runs"), "--workers", "1", "--no-progress", "--finalists", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[tuple[str, str]] = set()
+    while proc.poll() is None:  # every listener any process of the run opened, sampled as it runs
+        seen |= _listeners(_tree(proc.pid))
+        time.sleep(0.3)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, out + err
+    names = {name for name, _ in seen}
+    assert {"gcs_server", "raylet"} <= names, seen  # Ray's servers were seen listening
+    assert all(_loopback(addr) for _, addr in seen), sorted(seen)
