@@ -15,7 +15,8 @@ from typing import Mapping, Sequence, Union
 from evomerge.backends.hf import HFBackend, Request
 from evomerge.errors import UserError
 from evomerge.evalsets import EvalSet, Item, load_evalset
-from evomerge.scorers import SetScores, Verdict, score_instructions, score_multiple_choice, score_perplexity
+from evomerge.scorers import (SetScores, Verdict, instruction_items, multiple_choice_items, score_instructions,
+                              score_multiple_choice, score_perplexity)
 from evomerge.verifiers import Constraint, check, check_loose
 
 
@@ -128,6 +129,20 @@ def score_set(backend: HFBackend, p: PreparedSet) -> SetScores:
         return score_perplexity([sum(lls[a:b]) for a, b in zip(p.offsets[:-1], p.offsets[1:])], p.texts)
     responses = backend.generate(p.prompts, p.max_new_tokens, p.stop)
     return score_instructions([verdict(r, c, lang) for r, c, lang in zip(responses, p.constraints, p.languages)])
+
+
+def score_set_items(backend: HFBackend, p: PreparedSet) -> tuple[SetScores, dict[str, list[float]]]:
+    """`score_set` plus each item's value of the metrics that are means over items (none for perplexity sets,
+    whose metrics are corpus ratios): what a paired bootstrap of two models on the same items needs."""
+    if isinstance(p, ChoiceSet):
+        lls = backend.loglikelihoods(p.requests)
+        per_item = [lls[a:b] for a, b in zip(p.offsets[:-1], p.offsets[1:])]
+        return score_multiple_choice(per_item, p.golds, p.choices), multiple_choice_items(per_item, p.golds)
+    if isinstance(p, GenerationSet):
+        responses = backend.generate(p.prompts, p.max_new_tokens, p.stop)
+        verdicts = [verdict(r, c, lang) for r, c, lang in zip(responses, p.constraints, p.languages)]
+        return score_instructions(verdicts), instruction_items(verdicts)
+    return score_set(backend, p), {}
 
 
 def score(backend: HFBackend, prepared: Sequence[PreparedSet]) -> dict[str, SetScores]:

@@ -76,6 +76,15 @@ def score_multiple_choice(logprobs: Sequence[Sequence[float]], golds: Sequence[i
     return SetScores(values, n)
 
 
+def multiple_choice_items(logprobs: Sequence[Sequence[float]], golds: Sequence[int]) -> dict[str, list[float]]:
+    """Each item's `acc` (0 or 1) and `gold_prob`: the values `score_multiple_choice` averages, item by item, for
+    paired comparisons of two models on the same items (stats.py)."""
+    if len(logprobs) != len(golds) or not golds:
+        raise ValueError("need one list of choice log-likelihoods per item")
+    return {"acc": [float(_argmax(lp) == g) for lp, g in zip(logprobs, golds)],
+            "gold_prob": [choice_probs(lp)[g] for lp, g in zip(logprobs, golds)]}
+
+
 def count_words_whitespace(text: str) -> int:
     """Words as lm-eval-harness counts them for word perplexity: pieces between runs of whitespace."""
     return len(re.split(r"\s+", text))
@@ -117,3 +126,13 @@ def score_instructions(verdicts: Sequence[Verdict]) -> SetScores:
         "lang_acc": sum(v.language_ok for v in verdicts) / n,
     }
     return SetScores(values, n)
+
+
+def instruction_items(verdicts: Sequence[Verdict]) -> dict[str, list[float]]:
+    """Each response's `prompt_acc`, `prompt_acc_loose` and `lang_acc` (0 or 1): the item-level values
+    `score_instructions` averages (the instruction-level accuracies are means over constraints, not items)."""
+    if not verdicts:
+        raise ValueError("need at least one verdict")
+    return {"prompt_acc": [float(all(v.strict)) for v in verdicts],
+            "prompt_acc_loose": [float(all(v.loose)) for v in verdicts],
+            "lang_acc": [float(v.language_ok) for v in verdicts]}

@@ -21,6 +21,14 @@ Basque) only because the engine checks codes against its language identifier; th
 Only "eval" countries of the world are used (the instruct model was fine-tuned on the others), and dev and
 holdout never share a country, in any set: the countries are shuffled once per seed, the first `n_dev / 3` are
 dev, and the holdout countries follow.
+
+Why the holdout has 48 questions per set and not the few hundred that would tell merges apart (stats.py gives the
+intervals): the world holds 24 eval countries with 3 facts each, 72 questions; dev keeps 24 of them (8 countries)
+and holdout takes the other 48. More holdout questions need more countries the models know. Measured 2026-11-30
+(two loaded cores): a 132-country world (108 eval countries, room for 300 holdout questions) built at the current
+training steps left the facts unlearned (the instruct model answered 36% of the A questions instead of ~96%), and
+at twice the steps (539 s to build instead of 322 s) the trade-off was gone (every grid point at B fidelity ~1.0,
+B answers <= 0.03). A larger holdout is a redesign of the miniature (world size and training), not of these sets.
 """
 
 from __future__ import annotations
