@@ -5,21 +5,30 @@
    instruct weight 1.0.
 3. Run a per-layer multi-objective search (NSGA-II, search_spaces/miniature_tradeoff.yaml) on the dev split. It is
    not seeded with the grid, so what it finds it found by itself.
-4. Re-score the searched Pareto front (non-dominated on dev) on holdout, print one holdout table (sources, grid,
-   front), the hypervolumes of grid and front, and write `RUNS/quickstart/tradeoff.json`.
-5. Export the front point with the best mean objective on holdout (recipe, merged model, manifest) and draw the
-   run's plots.
+4. Run the same search over one uniform language weight (a generated one-gene space, the same optimizer, seed and
+   number of evaluations, `RUNS/quickstart_uniform`): the baseline a sceptic asks for first, since a finer uniform
+   weight than the grid's may be all the per-layer search found.
+5. Re-score both searched Pareto fronts (non-dominated on dev) on holdout, print one holdout table (sources, grid,
+   uniform front, per-layer front), the hypervolumes, and paired bootstrap 95% intervals (stats.py) for every
+   comparison: each per-layer front point against the best grid point and the best uniform point (by mean
+   objective on holdout, which favours the baselines), and the fronts' hypervolume differences. All of it goes
+   to `RUNS/quickstart/tradeoff.json`.
+6. Export the front point with the best mean objective on holdout (recipe, merged model, manifest) and draw the
+   run's plots (with the grid and uniform points from tradeoff.json overlaid on the Pareto panels).
 
 Holdout scoring runs in this process on one resident model (the same `Evaluator` a search worker uses), so every
-point of the table is scored by the same code on the same items.
+point of the table is scored by the same code on the same items, and each item's score is kept for the intervals.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,17 +41,23 @@ GRID = (0.5, 1.0, 1.5, 2.0)  # the paper's uniform language weights, instruct we
 SOURCES = {"base": (0.0, 0.0), "instruct": (1.0, 0.0), "lang-xb": (0.0, 1.0)}  # (instruct, language) weights
 AXES = ("xa_instructions", "xb_fidelity")  # the trade-off the paper describes
 TRADEOFF_FILE = "tradeoff.json"
+UNIFORM_RUN = "quickstart_uniform"  # the run name of the uniform-weight search, next to the per-layer one
+BASELINES = ("grid", "uniform")  # what the per-layer front is compared with
 
 
 @dataclass(frozen=True)
 class Point:
-    """One scored merge: what it is ("source", "grid" or "front"), its label and its holdout results."""
+    """One scored merge: what it is ("source", "grid", "uniform": a point of the uniform search's front, or
+    "front": a point of the per-layer search's front), its label and its holdout results."""
 
     kind: str
     label: str
     objectives: Mapping[str, float]
     extra: Mapping[str, float]  # metrics that are shown but are not objectives (bits per byte in B)
     trial: int | None = None  # the study's trial number, for searched points
+    # "set.metric" -> each holdout item's value (the same items, in the same order, for every point): what the
+    # paired bootstrap resamples
+    items: Mapping[str, Sequence[float]] = field(default_factory=dict, compare=False, repr=False)
 
 
 def run_quickstart(runs_dir: Path, seed: int = 0, workers: int = 2, *, space_path: Path | None = None,
@@ -77,9 +92,11 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     built = time.perf_counter()
     name = "quickstart"
     run_dir = Path(runs_dir) / name
-    if run_dir.exists():
-        print(f"replacing the previous quickstart run in {run_dir}")
-        shutil.rmtree(run_dir)
+    uniform_dir = Path(runs_dir) / UNIFORM_RUN
+    for previous in (run_dir, uniform_dir):
+        if previous.exists():
+            print(f"replacing the previous quickstart run in {previous}")
+            shutil.rmtree(previous)
 
     from evomerge.hub import check_configs
     from evomerge.search import load_objectives
@@ -98,15 +115,31 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     print(f"{summary.n_complete} candidates evaluated ({summary.n_failed} failed); re-scoring the "
           f"{len(front_trials)} trials of the dev Pareto front on holdout ...")
     front = [scorer.score_trial(t.number, t.params) for t in front_trials]
-    points += front
+
+    print("searching one uniform language weight with the same optimizer, seed and budget (the baseline) ...")
+    uniform_dir.mkdir(parents=True)
+    uniform_space = uniform_dir / "space.yaml"
+    write_atomic(uniform_space, _yaml_text(uniform_space_data(space_path, space)))
+    uniform_summary = run_search(uniform_space, SearchOptions(name=UNIFORM_RUN, runs_dir=Path(runs_dir), seed=seed,
+                                                              workers=workers, generations=generations,
+                                                              popsize=popsize, progress=False))
+    uniform_trials = _dev_front(uniform_summary.run_dir, UNIFORM_RUN)
+    print(f"{uniform_summary.n_complete} candidates evaluated ({uniform_summary.n_failed} failed); re-scoring the "
+          f"{len(uniform_trials)} trials of the uniform search's dev front on holdout ...")
+    uniform = [scorer.score_trial(t.number, t.params, kind="uniform",
+                                  label="uniform " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(t.params.items())))
+               for t in uniform_trials]
+    points += uniform + front
     scorer.close()
 
     names = tuple(o.name for o in objs)
-    result = tradeoff(points, names, AXES if set(AXES) <= set(names) else names[:2])
+    item_objectives = {o.name: {f"{t.set}.{t.metric}": t.weight for t in o.terms} for o in objs}
+    result = tradeoff(points, names, AXES if set(AXES) <= set(names) else names[:2], item_objectives, seed=seed)
     write_atomic(run_dir / TRADEOFF_FILE, json.dumps(result, indent=2) + "\n")
     print()
     print(render_table(points, names))
     print(_verdict(result))
+    print(render_intervals(result))
 
     best = max(front, key=lambda p: sum(p.objectives.values())) if front else None
     export = None
@@ -130,10 +163,71 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
         print(f"plots:     {plot_paths[0].parent}  ({', '.join(p.name for p in plot_paths)})")
     from evomerge.ledger import storage_url
 
-    print(f"status:    .venv/bin/evomerge status {summary.run_dir}")
-    print(f"dashboard: .venv/bin/evomerge dashboard {summary.run_dir}   (or optuna-dashboard "
+    evomerge = evomerge_command()
+    print(f"uniform:   {uniform_summary.run_dir} (the one-weight search)")
+    print(f"status:    {evomerge} status {summary.run_dir}")
+    print(f"dashboard: {evomerge} dashboard {summary.run_dir}   (or optuna-dashboard "
           f"{storage_url(summary.run_dir)})")
     return result
+
+
+def evomerge_command() -> str:
+    """How to run the evomerge that is running now, for the follow-up commands printed at the end: `evomerge` when
+    that name on PATH is this script, else this script's path, else this interpreter with `-m evomerge` (run as
+    `python -m evomerge`, or called from Python)."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "evomerge" and script.is_file():
+        on_path = shutil.which("evomerge")
+        if on_path and Path(on_path).resolve() == script.resolve():
+            return "evomerge"
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m evomerge"
+
+
+def uniform_space_data(space_path: Path, space: Any) -> dict[str, Any]:
+    """The quickstart space with its genes replaced by one global weight gene per language model (the grid's
+    merge, base + 1.0 (instruct - base) + w (lang - base), with w free), every relative path made absolute so the
+    file can live in the run directory. Bounds, init and step are those of the model's first weight gene."""
+    from evomerge.yamlfile import load_yaml
+
+    data = load_yaml(space_path, "a search-space YAML file")
+    base = space_path.resolve().parent
+
+    def absolute(path: str) -> str:
+        return str((base / path).resolve())
+
+    for m in data["models"]:
+        if "path" in m:
+            m["path"] = absolute(m["path"])
+    for s in data["eval"]["sets"]:
+        s["path"] = absolute(s["path"])
+    if isinstance(data.get("build"), dict) and "miniature" in data["build"]:
+        data["build"]["miniature"] = absolute(data["build"]["miniature"])
+    genes = []
+    for m in space.models:
+        if m.role != "language":
+            continue
+        spec = next((g for g in space.genes if g.parameter == "weight" and m.name in g.models), None)
+        if spec is None:
+            raise UserError(str(space_path), f"no weight gene for the language model {m.name!r}",
+                            "the quickstart's uniform baseline searches the language model's weight")
+        genes.append({"name": f"w_{m.name}", "parameter": "weight", "model": m.name, "granularity": "global",
+                      "low": spec.low, "high": spec.high, "init": spec.init, "step": spec.step})
+        # a global gene covers every tensor of its model (the grid's merge): a fixed value for it would overlap
+        fixed = data.get("merge", {}).get("fixed") or {}
+        fixed.get(m.name, {}).pop("weight", None)
+        if m.name in fixed and not fixed[m.name]:
+            del fixed[m.name]
+    data["genes"] = genes
+    data.pop("seeds", None)
+    return data
+
+
+def _yaml_text(data: Mapping[str, Any]) -> str:
+    import yaml
+
+    return ("# generated by evomerge quickstart: the per-layer space's uniform-weight baseline\n"
+            + yaml.safe_dump(dict(data), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,6 +253,7 @@ class _HoldoutScorer:
                              split="holdout", seed=seed, threads=1, backend="hf")
         self.evaluator = Evaluator.start(spec, worker="quickstart")
         self.count = 0
+        self.uniform: Any = None  # the uniform baseline's space, parsed on first use
 
     def score_weights(self, kind: str, label: str, instruct: float, language: float) -> Point:
         """A uniform merge: base + instruct * (instruct - base) + language * (language model - base)."""
@@ -173,21 +268,39 @@ class _HoldoutScorer:
                 entry.setdefault("parameters", {})["weight"] = language
         return self._score(kind, label, recipe)
 
-    def score_trial(self, number: int, params: Mapping[str, float]) -> Point:
-        """A searched genome: trial `number`'s parameters."""
-        recipe = self.space.recipe(dict(params), self.n_layers).to_mergekit()
-        return self._score("front", f"trial {number}", recipe, number)
+    def score_trial(self, number: int, params: Mapping[str, float], *, kind: str = "front",
+                    label: str | None = None) -> Point:
+        """A searched genome: trial `number`'s parameters (of this space, or of the uniform space: a global
+        gene's value sets every tensor of its model, as `score_weights` does)."""
+        space = self.space if kind == "front" else self._uniform_space()
+        recipe = space.recipe(dict(params), self.n_layers).to_mergekit()
+        return self._score(kind, label or f"trial {number}", recipe, number)
+
+    def _uniform_space(self) -> Any:
+        if self.uniform is None:
+            from evomerge.space import parse_space
+
+            self.uniform = parse_space(uniform_space_data(Path(self.space.source), self.space), str(self.space.source))
+        return self.uniform
 
     def _score(self, kind: str, label: str, recipe: Mapping[str, Any], trial: int | None = None) -> Point:
+        from evomerge.evaluation import score_set_items
         from evomerge.fitness import objectives
-        from evomerge.worker import Candidate
+        from evomerge.recipe import Recipe
 
         self.count += 1
-        result = self.evaluator.evaluate(Candidate(self.count, recipe, split="holdout"))
-        if not result.ok:
-            raise RuntimeError(f"scoring {label} on holdout failed: {result.error}")
-        extra = {f"{n} {m}": result.scores[n].metric(m) for n, m in self.extra_metrics.items()}
-        return Point(kind, label, objectives(result.scores, self.objs), extra, trial)
+        scores, items = {}, {}
+        try:
+            self.evaluator.apply(Recipe.from_mergekit(dict(recipe)))
+            for prepared in self.evaluator.prepared:
+                scores[prepared.name], per_item = score_set_items(self.evaluator.backend, prepared)
+                items.update({f"{prepared.name}.{m}": tuple(v) for m, v in per_item.items()})
+        except Exception as e:  # noqa: BLE001 - name the point whose scoring failed
+            raise RuntimeError(f"scoring {label} on holdout failed: {e}") from e
+        if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
+            raise RuntimeError(f"scoring {label} on holdout failed: non-finite scores (collapsed model)")
+        extra = {f"{n} {m}": scores[n].metric(m) for n, m in self.extra_metrics.items()}
+        return Point(kind, label, objectives(scores, self.objs), extra, trial, items)
 
     def close(self) -> None:
         del self.evaluator
@@ -208,27 +321,79 @@ def _dev_front(run_dir: Path, name: str) -> list[Any]:
     return list(unique.values())
 
 
-def tradeoff(points: Sequence[Point], names: Sequence[str], axes: Sequence[str]) -> dict[str, Any]:
-    """The `tradeoff.json` record: objectives, axes, points, grid and front hypervolumes, dominating labels.
+def tradeoff(points: Sequence[Point], names: Sequence[str], axes: Sequence[str],
+             item_objectives: Mapping[str, Mapping[str, float]] | None = None, *, seed: int = 0,
+             resamples: int | None = None) -> dict[str, Any]:
+    """The `tradeoff.json` record: objectives, axes, points, the hypervolumes of grid, uniform front and per-layer
+    front, dominating labels and, when every point carries its items' values, paired bootstrap intervals.
 
     The hypervolume reference is every objective's minimum over all points (sources included), so it does not
-    depend on which set is measured; all objectives are maximized."""
+    depend on which set is measured; all objectives are maximized. `item_objectives` gives each objective as
+    item set ("set.metric") -> weight, how the intervals recompute it from resampled items. Each front point is
+    compared with the best grid point and the best uniform point by mean objective on holdout (chosen on the same
+    items, which favours the baseline)."""
     from evomerge.pareto import dominating_all, hypervolume
 
     def vec(p: Point) -> list[float]:
         return [float(p.objectives[n]) for n in names]
 
     reference = [min(p.objectives[n] for p in points) for n in names]
-    grid = [vec(p) for p in points if p.kind == "grid"]
-    front = [p for p in points if p.kind == "front"]
-    return {
+    by_kind = {k: [p for p in points if p.kind == k] for k in ("grid", "uniform", "front")}
+    hv: dict[str, Any] = {k: hypervolume([vec(p) for p in by_kind[k]], reference) if by_kind[k] else None
+                          for k in ("grid", "uniform", "front")}
+    hv["reference"] = reference
+    front = by_kind["front"]
+    record: dict[str, Any] = {
         "objectives": list(names),
         "axes": list(axes),
-        "points": [{"kind": p.kind, "label": p.label, "holdout": dict(p.objectives)} for p in points],
-        "hypervolume": {"grid": hypervolume(grid, reference), "front": hypervolume([vec(p) for p in front], reference),
-                        "reference": reference},
-        "dominating": [front[i].label for i in dominating_all([vec(p) for p in front], grid)],
+        "points": [{"kind": p.kind, "label": p.label, "holdout": dict(p.objectives),
+                    **({"trial": p.trial} if p.trial is not None else {})} for p in points],
+        "hypervolume": hv,
+        "dominating": [front[i].label for i in dominating_all([vec(p) for p in front], [vec(p) for p in by_kind["grid"]])],
+        "dominating_uniform": [front[i].label for i in dominating_all([vec(p) for p in front],
+                                                                      [vec(p) for p in by_kind["uniform"]])],
+        "comparisons": [],
     }
+    if item_objectives is None or not _has_items(points, item_objectives, names):
+        record["interval_method"] = None  # no per-item values (a metric that is not a mean over items)
+        return record
+    from evomerge.stats import RESAMPLES, hypervolume_difference, objective_difference, paired_bootstrap
+
+    kw = {"seed": seed, "resamples": resamples or RESAMPLES}
+    objectives = [item_objectives[n] for n in names]
+    record["interval_method"] = (f"paired bootstrap percentile interval, {kw['resamples']} resamples of the holdout "
+                                 f"items (the same draw for both sides), seed {seed}, level 0.95")
+    record["holdout_items"] = {k: len(v) for k, v in sorted(points[0].items.items()) if
+                               any(k in o for o in objectives)}
+    for a, b in (("front", "grid"), ("front", "uniform"), ("uniform", "grid")):
+        if by_kind[a] and by_kind[b]:
+            iv = hypervolume_difference([p.items for p in by_kind[a]], [p.items for p in by_kind[b]], objectives,
+                                        reference, **kw)
+            hv[f"{a}_minus_{b}_interval"] = iv.as_dict()
+
+    def mean_objective(means: Mapping[str, float]) -> float:
+        from evomerge.stats import objective_value
+
+        return sum(objective_value(means, o) for o in objectives) / len(objectives)
+
+    for baseline in BASELINES:
+        if not by_kind[baseline]:
+            continue
+        best = max(by_kind[baseline], key=lambda q: sum(q.objectives[n] for n in names))
+        for p in front:
+            mean = paired_bootstrap([p.items, best.items], lambda m: mean_objective(m[0]) - mean_objective(m[1]), **kw)
+            record["comparisons"].append({
+                "point": p.label, "against": best.label, "against_kind": baseline,
+                "mean_objective_interval": mean.as_dict(),
+                "objective_intervals": {n: objective_difference(p.items, best.items, item_objectives[n], **kw).as_dict()
+                                        for n in names}})
+    return record
+
+
+def _has_items(points: Sequence[Point], item_objectives: Mapping[str, Mapping[str, float]],
+               names: Sequence[str]) -> bool:
+    needed = {k for n in names for k in item_objectives[n]}
+    return bool(points) and all(needed <= set(p.items) for p in points)
 
 
 def render_table(points: Sequence[Point], names: Sequence[str]) -> str:
@@ -245,12 +410,48 @@ def render_table(points: Sequence[Point], names: Sequence[str]) -> str:
 
 def _verdict(result: Mapping[str, Any]) -> str:
     hv = result["hypervolume"]
-    ratio = hv["front"] / hv["grid"] if hv["grid"] > 0 else float("inf")
-    lines = [f"hypervolume over ({', '.join(result['objectives'])}), reference {hv['reference']}: "
-             f"grid {hv['grid']:.4f}, searched front {hv['front']:.4f} ({ratio:.2f}x)"]
-    if result["dominating"]:
-        lines.append(f"front points that dominate every grid point: {', '.join(result['dominating'])}")
-    else:
-        lines.append("no front point dominates every grid point")
-    lines.append("(the search was not seeded with the grid: the front's points were found by NSGA-II on dev)")
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    lines = [f"hypervolume over ({', '.join(result['objectives'])}), reference "
+             f"[{', '.join(f'{r:.3f}' for r in hv['reference'])}]: grid {f(hv['grid'])}, uniform front "
+             f"{f(hv.get('uniform'))}, per-layer front {f(hv['front'])}"]
+    for key, what in (("dominating", "grid"), ("dominating_uniform", "uniform")):
+        if what == "uniform" and hv.get("uniform") is None:
+            continue
+        if result.get(key):
+            lines.append(f"per-layer front points that dominate every {what} point: {', '.join(result[key])}")
+        else:
+            lines.append(f"no per-layer front point dominates every {what} point")
+    lines.append("(neither search was seeded with the grid: their points were found by NSGA-II on dev)")
+    return "\n".join(lines)
+
+
+def render_intervals(result: Mapping[str, Any]) -> str:
+    """The intervals of `tradeoff.json`, one comparison per line (difference, then its 95% interval)."""
+    if not result.get("interval_method"):
+        return "(no paired intervals: some objective's metric is not a mean over items)"
+    from evomerge.stats import Interval
+
+    def iv(d: Mapping[str, float]) -> str:
+        return str(Interval(d["estimate"], d["low"], d["high"]))
+
+    items = ", ".join(f"{k} {n}" for k, n in result["holdout_items"].items())
+    lines = [f"paired bootstrap 95% intervals, point minus baseline on the same holdout items ({items}):"]
+    hv = result["hypervolume"]
+    for key, what in (("front_minus_grid_interval", "per-layer front - grid"),
+                      ("front_minus_uniform_interval", "per-layer front - uniform front"),
+                      ("uniform_minus_grid_interval", "uniform front - grid")):
+        if key in hv:
+            lines.append(f"  hypervolume, {what}: {iv(hv[key])}")
+    names = result["objectives"]
+    for c in result["comparisons"]:
+        per = "; ".join(f"{n} {iv(c['objective_intervals'][n])}" for n in names)
+        lines.append(f"  {c['point']} - {c['against_kind']} best ({c['against']}): "
+                     f"mean objective {iv(c['mean_objective_interval'])}; {per}")
+    told = [c for c in result["comparisons"] if Interval(**{k: c["mean_objective_interval"][k] for k in
+                                                             ("estimate", "low", "high")}).excludes_zero()]
+    lines.append(f"  {len(told)} of {len(result['comparisons'])} comparisons of mean objective exclude zero; the "
+                 "others are within what the choice of items explains")
     return "\n".join(lines)

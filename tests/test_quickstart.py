@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from evomerge.pareto import dominates, dominating_all, hypervolume, non_dominated
-from evomerge.quickstart import GRID, QUICKSTART_SPACE, TRADEOFF_FILE, Point, run_quickstart, tradeoff
+from evomerge.quickstart import (GRID, QUICKSTART_SPACE, TRADEOFF_FILE, Point, evomerge_command, render_intervals,
+                                 run_quickstart, tradeoff, uniform_space_data)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,13 +55,95 @@ def test_tradeoff_record_has_the_agreed_form() -> None:
     points = [pt("source", "instruct", 1.0, 0.0), pt("grid", "w=0.5", 0.9, 0.2), pt("grid", "w=1", 0.1, 0.9),
               pt("front", "trial 3", 0.95, 0.95), pt("front", "trial 4", 0.5, 0.5)]
     record = tradeoff(points, ["x", "y"], ["x", "y"])
-    assert set(record) == {"objectives", "axes", "points", "hypervolume", "dominating"}
+    assert set(record) == {"objectives", "axes", "points", "hypervolume", "dominating", "dominating_uniform",
+                           "comparisons", "interval_method"}
     assert record["points"][3] == {"kind": "front", "label": "trial 3", "holdout": {"x": 0.95, "y": 0.95}}
     assert record["hypervolume"]["reference"] == [0.1, 0.0]
     assert record["hypervolume"]["grid"] == pytest.approx(0.8 * 0.2 + 0.0 * 0.7)
     assert record["hypervolume"]["front"] == pytest.approx(0.85 * 0.95)
+    assert record["hypervolume"]["uniform"] is None  # no uniform search in these points
     assert record["dominating"] == ["trial 3"]
+    assert record["interval_method"] is None and record["comparisons"] == []  # no per-item values: no intervals
     json.dumps(record)  # plain JSON
+
+
+def _items(p: float, q: float, n: int, seed: int) -> dict[str, tuple[float, ...]]:
+    """Per-item 0/1 values of two sets whose means are about p and q."""
+    import random
+
+    rng = random.Random(seed)
+    return {"a.acc": tuple(float(rng.random() < p) for _ in range(n)),
+            "b.acc": tuple(float(rng.random() < q) for _ in range(n))}
+
+
+def test_tradeoff_intervals_compare_each_front_point_with_the_best_baseline_points() -> None:
+    def pt(kind: str, label: str, items: dict[str, tuple[float, ...]]) -> Point:
+        means = {"x": sum(items["a.acc"]) / len(items["a.acc"]), "y": sum(items["b.acc"]) / len(items["b.acc"])}
+        return Point(kind, label, means, {}, items=items)
+
+    n = 200
+    strong = _items(0.9, 0.9, n, 1)
+    points = [pt("grid", "w=0.5", _items(0.8, 0.2, n, 2)), pt("grid", "w=1", _items(0.3, 0.7, n, 3)),
+              pt("uniform", "uniform w=0.7", _items(0.6, 0.6, n, 4)),
+              pt("front", "trial 3", strong),
+              # the same items as the best uniform point, a whisker better on one item: within noise
+              pt("front", "trial 4", points_copy(_items(0.6, 0.6, n, 4), 1))]
+    record = tradeoff(points, ["x", "y"], ["x", "y"], {"x": {"a.acc": 1.0}, "y": {"b.acc": 1.0}}, resamples=500)
+    assert record["holdout_items"] == {"a.acc": n, "b.acc": n}
+    hv = record["hypervolume"]
+    assert hv["uniform"] is not None
+    for key in ("front_minus_grid_interval", "front_minus_uniform_interval", "uniform_minus_grid_interval"):
+        assert hv[key]["low"] <= hv[key]["estimate"] <= hv[key]["high"], key
+    assert hv["front_minus_uniform_interval"]["low"] > 0  # trial 3 dominates everything by a wide margin
+    by = {(c["point"], c["against_kind"]): c for c in record["comparisons"]}
+    assert set(by) == {("trial 3", "grid"), ("trial 4", "grid"), ("trial 3", "uniform"), ("trial 4", "uniform")}
+    assert by[("trial 3", "uniform")]["against"] == "uniform w=0.7"
+    assert by[("trial 3", "grid")]["against"] in {"w=0.5", "w=1"}
+    assert by[("trial 3", "uniform")]["mean_objective_interval"]["low"] > 0
+    close = by[("trial 4", "uniform")]["mean_objective_interval"]
+    assert close["low"] <= 0 <= close["high"] and close["estimate"] == pytest.approx(0.5 / n)
+    assert set(by[("trial 3", "grid")]["objective_intervals"]) == {"x", "y"}
+    text = render_intervals(record)
+    assert "per-layer front - uniform front" in text and "trial 4 - uniform best (uniform w=0.7)" in text
+    json.dumps(record)
+
+
+def points_copy(items: dict[str, tuple[float, ...]], flip: int) -> dict[str, tuple[float, ...]]:
+    """`items` with the first `flip` zero items of set a turned into ones."""
+    a = list(items["a.acc"])
+    for i in [i for i, v in enumerate(a) if v == 0.0][:flip]:
+        a[i] = 1.0
+    return {"a.acc": tuple(a), "b.acc": items["b.acc"]}
+
+
+def test_uniform_space_scores_the_grids_merge() -> None:
+    from evomerge.hub import check_configs
+    from evomerge.space import load_space, parse_space
+
+    space = load_space(QUICKSTART_SPACE)
+    data = uniform_space_data(QUICKSTART_SPACE, space)
+    uniform = parse_space(data, "/elsewhere/space.yaml")  # every path absolute: the file may live anywhere
+    assert [g.name for g in uniform.genes] == ["w_xb"] and uniform.genes[0].granularity == "global"
+    recipe = uniform.recipe({"w_xb": 0.75}, 4).to_mergekit()
+    weights = {Path(m["model"]).name: m["parameters"]["weight"] for m in recipe["models"]}
+    assert weights == {"instruct": 1.0, "lang-xb": 0.75}  # base + 1.0 (instruct - base) + w (lang - base)
+    assert Path(recipe["base_model"]).is_absolute()
+
+
+def test_follow_up_commands_name_the_running_evomerge(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    script = tmp_path / "bin" / "evomerge"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script), "quickstart"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert evomerge_command() == str(script)  # installed elsewhere than .venv and not on PATH: its own path
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert evomerge_command() == "evomerge"  # the evomerge on PATH is this one
+    monkeypatch.setattr(sys, "argv", [str(REPO / "evomerge" / "__main__.py")])
+    assert evomerge_command().endswith(" -m evomerge")  # python -m evomerge
 
 
 # -- the quickstart end to end -----------------------------------------------------------------------------
@@ -115,6 +198,19 @@ def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_mode
     hv = result["hypervolume"]
     assert result["dominating"] or hv["front"] > hv["grid"], hv
     assert "hypervolume" in out and "not seeded with the grid" in out
+    # the uniform baseline: a one-weight search with the same budget, its dev front re-scored on holdout
+    uniform = [p for p in result["points"] if p["kind"] == "uniform"]
+    assert uniform and all(p["label"].startswith("uniform w_xb=") for p in uniform)
+    assert (runs / "quickstart_uniform" / "study.db").is_file() and hv["uniform"] is not None
+    # every comparison carries a paired interval around its estimate, on all the holdout items
+    assert result["holdout_items"] == {"mini_xa_instruct.prompt_acc": 48, "mini_xb_fidelity.prompt_acc": 48,
+                                       "mini_xb_answers.prompt_acc": 48}
+    intervals = [hv[k] for k in hv if "interval" in k]
+    intervals += [c["mean_objective_interval"] for c in result["comparisons"]]
+    intervals += [iv for c in result["comparisons"] for iv in c["objective_intervals"].values()]
+    assert len(intervals) == 3 + 4 * 2 * len(fronts)
+    assert all(iv["low"] <= iv["estimate"] <= iv["high"] for iv in intervals), intervals
+    assert "paired bootstrap 95% intervals" in out
 
 
 def test_shipped_tradeoff_space_validates() -> None:
