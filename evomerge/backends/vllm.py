@@ -73,6 +73,7 @@ class MergeExtension:
         from evomerge.recipe import Recipe
         from evomerge.shards import Shard
 
+        _quiet_rotary_reload()
         template = Recipe.from_mergekit(dict(recipe))
         device = next(self.get_model().parameters()).device
         shard = Shard(get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
@@ -168,9 +169,14 @@ class VLLMBackend:
               max_model_len: int | None = None, seed: int = 0, cuda_graphs: bool = False) -> "VLLMBackend":
         """An engine on the template recipe's first input (its config, tokenizer and chat template) with that
         recipe's sources resident in every worker (each rank: its slices), ready for `apply`."""
+        import sys
+
         backend = cls.load(template.inputs[0].model, template.dtype, kv_cache_bytes, tensor_parallel,
                            max_model_len, merging=True, seed=seed, cuda_graphs=cuda_graphs)
         backend.ranks = backend.prepare(template, sources_on)
+        held = max(r["resident_bytes"] for r in backend.ranks)
+        print(f"vLLM engine: {len(backend.ranks)} rank(s), prepared sources {held / 2**20:.1f} MiB per rank on "
+              f"{backend.ranks[0]['device']} ({len(backend.ranks[0]['sliced'])} tensors in slices)", file=sys.stderr)
         return backend
 
     def prepare(self, template, sources_on: str = "device") -> list[dict[str, Any]]:
@@ -242,6 +248,22 @@ def _default_max_len(path: str) -> int:
 
     cfg = json.loads((Path(path) / "config.json").read_text())
     return min(int(cfg.get("max_position_embeddings") or 4096), 4096)
+
+
+def _quiet_rotary_reload() -> None:
+    """Drop vLLM's "RotaryEmbedding: Failed to load weights" warning, logged by every rank at every swap: a rotary
+    embedding's cos/sin cache is computed from the config, never loaded, and the reload keeps it as it was. Any other
+    layer that fails to load is still reported."""
+    import logging
+
+    class Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            args = record.args if isinstance(record.args, tuple) else ()
+            return not (str(record.msg).endswith("Failed to load weights") and args[:1] == ("RotaryEmbedding",))
+
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(type(f).__name__ == "Filter" and f.__module__ == __name__ for f in log.filters):
+        log.addFilter(Filter())
 
 
 def cpu_binding(tensor_parallel: int, allowed: set[int] | frozenset[int]) -> str:
