@@ -21,10 +21,10 @@ Tensor parallelism: each rank keeps only the slices of the sources its loader re
 column-, row- and vocabulary-parallel split of vLLM's layers) and merges only those, into whole-shaped stream
 buffers whose other parts are never written; `reload_weights` in checkpoint format then keeps exactly that slice.
 Merges that need a whole tensor per candidate (rescaled DARE/TIES/breadcrumbs, DELLA) keep whole sources on every
-rank. On CPU each rank is bound to its own cores (`cpu_binding`). vLLM's kernel-format reload
-(`is_checkpoint_format=False`, a rank's tensors copied as they are) is no way around this: on CPU the linear layers'
-kernel format is a packed copy (oneDNN / sgl-kernel) whose original weight tensor is emptied, so only the
-checkpoint format reaches them, on every device alike.
+rank. On CPU each rank is bound to its own cores (`cpu_binding`). vLLM's other public way in, the kernel-format
+reload (`is_checkpoint_format=False`: each rank's tensors copied into its parameters as they are), cannot serve:
+on CPU a linear layer's kernel format is a packed copy (oneDNN / sgl-kernel) and its weight parameter is emptied,
+so only the checkpoint format reaches every layer, on every device alike.
 
 The text side (tokenization, chat template, lm-eval-style context/continuation split) is the Hugging Face
 backend's own code, so both backends score identical token ids.
@@ -123,8 +123,9 @@ class VLLMBackend:
         kv_cache_bytes: the memory plan's KV cache budget (None: vLLM's own default, most of the device; on CPU
         most of the machine's RAM). max_model_len: longest prompt + answer (default: the model's, at most 4096).
         merging: install the MergeExtension so that `apply` can swap weights in. tensor_parallel: ranks (one
-        process each; on CPU each gets its own cores, `cpu_binding`). cuda_graphs: capture CUDA graphs (on a GPU;
-        off by default, eager mode, until scores after swaps are measured equal with them on).
+        process each; on CPU each gets its own cores, `cpu_binding`). cuda_graphs: capture CUDA graphs on a GPU (off by
+        default, eager mode, until scores after swaps are measured equal with them on); no effect on CPU, which
+        always runs eagerly (vLLM would torch.compile the model instead, minutes on a small machine).
         """
         import os
 
@@ -160,7 +161,7 @@ class VLLMBackend:
         max_model_len = max_model_len or _default_max_len(path)
         llm = LLM(model=path, dtype=dtype, tensor_parallel_size=tensor_parallel, seed=seed,
                   max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
-                  enforce_eager=not cuda_graphs, trust_remote_code=False, load_format="safetensors",
+                  enforce_eager=cpu or not cuda_graphs, trust_remote_code=False, load_format="safetensors",
                   worker_extension_cls=EXTENSION if merging else "")
         return cls(llm, tokenizer, eos_ids, max_model_len, merging)
 
