@@ -151,6 +151,39 @@ def test_quickstart_per_layer_genes_change_exactly_their_layers(llama_trio):
     assert {n for n in live if not torch.equal(live[n], before[n])} == {"model.embed_tokens.weight"}
 
 
+def _groups(space, n=4, values=None):
+    from evomerge.spaceview import tensor_groups
+
+    values = values or {g.name: g.init for g in space.expand(n)}
+    return {(r[0], r[1], r[2]): (r[3], r[4]) for r in tensor_groups(space, n, values)}
+
+
+def test_space_show_says_what_every_tensor_group_gets():
+    space = load_space(SPACES / "miniature_tradeoff.yaml")
+    rows = _groups(space)
+    assert rows[("instruct", "weight", "every tensor")] == ("no gene: fixed (merge.fixed)", "1")
+    assert rows[("xb", "weight", "embeddings")][0] == "gene w_xb_embed (tensors: embed)"
+    assert rows[("xb", "weight", "output head")][0] == "gene w_xb_head (tensors: lm_head)"
+    assert rows[("xb", "weight", "final norm")] == ("no gene: fixed (merge.fixed)", "1")  # merge.fixed.xb.weight
+    for kind in ("attention", "norms", "mlp"):
+        assert rows[("xb", "weight", f"layers {kind}")][0] == "genes w_xb[0] .. w_xb[3] (per_layer, 4 genes)"
+    # no embed/head genes and no fixed value: the outside tensors take layer 0's value, and the table says so
+    bare = _space([{"name": "w", "parameter": "weight", "model": "xb", "granularity": "per_layer", "low": 0,
+                    "high": 2}])
+    values = {f"w[{i}]": 0.25 * (i + 1) for i in range(4)}
+    rows = _groups(bare, values=values)
+    for group in ("embeddings", "final norm", "output head"):
+        set_by, value = rows[("xb", "weight", group)]
+        assert set_by.startswith("no gene of its own: takes w[0]'s value") and value == "0.25", (group, set_by)
+    assert rows[("xb", "weight", "layers mlp")][1] == "0.25, 0.5, 0.75, 1"
+    # a global gene covers every tensor of its model
+    glob = _space([{"name": "g", "parameter": "weight", "model": "xb", "granularity": "global", "low": 0,
+                    "high": 2, "init": 0.5}])
+    assert _groups(glob)[("xb", "weight", "every tensor")] == ("gene g (global)", "0.5")
+    shapes = check_configs(space, resolver=replica)
+    assert "what every tensor group gets" in describe(space, shapes)
+
+
 def test_genome_initial_point_and_stds_are_in_unit_coordinates():
     genome = Genome(tuple(load_space(QUICK).expand(4)))
     assert genome.initial() == [0.5] * 6
