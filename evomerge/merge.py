@@ -7,7 +7,8 @@ mergekit) and what shape comes out. Then:
   their own memory, combined into a fresh output, written and dropped; peak memory is about (number of sources + 1)
   times the largest tensor, whatever the model's size;
 - `ResidentMerge` prepares every tensor's inputs once (on any device) and merges each candidate straight into the
-  live parameters of the model being scored.
+  live parameters of the model being scored, or streams it tensor by tensor; as one tensor-parallel rank
+  (`shards.Shard`) it keeps and merges only that rank's slices.
 Both run the same `prepare` and `combine` kernels (methods/) on tensors of the recipe's dtype, so a model exported
 to disk is bit-for-bit the one a worker scored in memory (on the same kind of device).
 
@@ -349,11 +350,20 @@ class ResidentMerge:
         return sum(t.numel() * t.element_size() for base, prepared in self._prepared.values()
                    for t in ([base] if base is not None else []) + list(prepared))
 
-    def _check(self, recipe: Recipe) -> None:
+    def check(self, recipe: Recipe) -> None:
+        """Raise ValueError unless this merge can serve `recipe`: the template's models, method and tokenizer
+        source, and for tensors kept in slices the template's rescale and random_seed (what made slicing exact).
+        Cheap; `apply` and `merged` call it, and a caller that must not fail half-way calls it first."""
         if recipe.sources != self.sources or METHODS[recipe.merge_method] is not self.method:
             raise ValueError("a resident merge serves one set of models and one method")
         if _tokenizer_source(recipe) != self.tokenizer_source:
             raise ValueError("a resident merge serves one tokenizer source")
+        for name in self.cuts:
+            shared = recipe.coefficients(name, self.n_layers).shared
+            if not sliceable(recipe.merge_method, shared, self.keep_draws) or \
+                    shared.get("random_seed") != self._seeds[name]:
+                raise ValueError(f"{name}: rescale/random_seed differ from the template's, whose merge was "
+                                 "prepared in tensor-parallel slices")
 
     def _combine(self, name: str, base: torch.Tensor | None, prepared: list[torch.Tensor], recipe: Recipe,
                  out: torch.Tensor) -> None:
@@ -364,10 +374,6 @@ class ResidentMerge:
             self.method.combine(base, prepared, coeffs, out)
             return
         shape = self._shapes[name]
-        if not sliceable(recipe.merge_method, coeffs.shared, self.keep_draws) or \
-                coeffs.shared.get("random_seed") != self._seeds[name]:
-            raise ValueError(f"{name}: this candidate's rescale/random_seed differ from the template's, whose merge "
-                             "was prepared in tensor-parallel slices")
         coeffs = dataclasses.replace(coeffs, numel=math.prod(shape))
         part = cut.of(out)
         if part.is_contiguous():  # a split on the first dimension: rows in one block
@@ -385,7 +391,7 @@ class ResidentMerge:
     @torch.no_grad()
     def apply(self, recipe: Recipe) -> None:
         """Write the merge of `recipe` (same models and method as at construction) into the targets."""
-        self._check(recipe)
+        self.check(recipe)
         if not self.targets:
             raise ValueError("this resident merge has no targets; use merged()")
         for name, (base, prepared) in self._prepared.items():
@@ -397,7 +403,7 @@ class ResidentMerge:
         tensors before it takes those of the layer after next, as vLLM's reload_weights is (it loads a layer as
         soon as all its tensors are in), and with the others before the next candidate. With a shard, only this
         rank's slice of each sliced tensor is merged (the rest is NaN)."""
-        self._check(recipe)
+        self.check(recipe)
         for name, (base, prepared) in self._prepared.items():
             out = self._buffers.get(self._slots[name])
             if out is None:

@@ -124,6 +124,18 @@ def test_each_rank_merges_its_slices_equal_to_the_whole_merge(gqa, method, world
             assert int(torch.isnan(out).sum()) == out.numel() - cut.of(out).numel(), name
 
 
+def test_a_candidate_that_needs_whole_tensors_is_refused_before_merging(gqa):
+    """A template prepared in slices cannot serve a candidate that rescales or draws with another seed (its masks
+    or norms would need the whole tensors): refused by `check`, which vLLM's extension calls before reloading."""
+    merge = ResidentMerge(recipe(gqa, "ties", 1.0, 0.5), None, shard=Shard(0, 2))
+    with pytest.raises(ValueError, match="rescale/random_seed"):
+        merge.check(recipe(gqa, "ties", 1.0, 0.5, rescale=True))
+    dare = ResidentMerge(recipe(gqa, "dare_linear", 1.0, 0.5, rescale=False, random_seed=7), None, shard=Shard(1, 2))
+    dare.check(recipe(gqa, "dare_linear", 0.3, 0.9, rescale=False, random_seed=7))
+    with pytest.raises(ValueError, match="rescale/random_seed"):
+        dare.check(recipe(gqa, "dare_linear", 1.0, 0.5, rescale=False, random_seed=8))
+
+
 def test_a_rank_keeps_a_world_th_of_the_sliced_sources(gqa):
     """Task arithmetic at two ranks: each rank's prepared sources are exactly its slices (half of every split
     tensor; k/v: one of two heads) plus the norms whole."""
