@@ -237,9 +237,12 @@ class _HoldoutScorer:
     """One resident model that scores recipes on the holdout split of the space's eval sets, in this process."""
 
     def __init__(self, space: Any, n_layers: int, objs: Sequence[Any], seed: int) -> None:
-        from evomerge.worker import EvaluatorSpec, Evaluator
+        from transformers.utils import logging as hf_logging
 
         from evomerge.evalsets import load_evalset
+        from evomerge.worker import EvaluatorSpec, Evaluator
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar in the middle of the quickstart's report is noise
 
         self.space, self.n_layers, self.objs = space, n_layers, tuple(objs)
         template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers).to_mergekit()

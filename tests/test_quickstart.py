@@ -176,8 +176,9 @@ def _space_over(models, path: Path) -> Path:
 def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_models, tmp_path, capsys) -> None:
     space = _space_over(tradeoff_models, tmp_path / "space.yaml")
     runs = tmp_path / "runs"
-    result = run_quickstart(runs, seed=0, workers=2, space_path=space, generations=3, popsize=6,
-                            export_model=False, plots=False)
+    # the quickstart's own budget (48 evaluations per search): with the current models (BUILD_FORMAT 2) a run of
+    # 3 generations of 6 found a front below the grid's hypervolume (0.005 against 0.007)
+    result = run_quickstart(runs, seed=0, workers=2, space_path=space, export_model=False, plots=False)
     out = capsys.readouterr().out
     assert json.loads((runs / "quickstart" / TRADEOFF_FILE).read_text()) == result
     assert result["objectives"] == ["xa_instructions", "xb_fidelity", "xb_answers"]
@@ -189,9 +190,11 @@ def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_mode
     inst = [g["xa_instructions"] for g in grid]
     assert fid == sorted(fid) and fid[-1] > fid[0] + 0.3, fid
     assert inst == sorted(inst, reverse=True) and inst[0] > inst[-1] + 0.3, inst
-    # the sources sit at the ends: instruct answers in A, lang-xb in B
+    # the sources sit at the ends: instruct answers in A, lang-xb in B (since the instruct fine-tune is no longer
+    # scaled down, BUILD_FORMAT 2, the instruct model also answers 62% of the B questions mostly in B words, so
+    # only the order is checked on that axis)
     assert by_label["instruct"]["xa_instructions"] > 0.5 > by_label["lang-xb"]["xa_instructions"]
-    assert by_label["lang-xb"]["xb_fidelity"] > 0.5 > by_label["instruct"]["xb_fidelity"]
+    assert by_label["lang-xb"]["xb_fidelity"] > 0.5 and by_label["lang-xb"]["xb_fidelity"] > by_label["instruct"]["xb_fidelity"]
     # the searched front (not seeded with the grid) beats the grid on holdout
     fronts = [p for p in result["points"] if p["kind"] == "front"]
     assert fronts and not any(p["label"].startswith("w=") for p in fronts)
