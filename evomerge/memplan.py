@@ -5,12 +5,17 @@ in).
 What one tensor-parallel rank of a worker holds on its device:
 - **engine weights**: its shard of the merged model being scored;
 - **sources**: the resident merge's prepared tensors (base and one task vector per input, DARE's kept draws, TIES's
-  magnitude ranks: `resident_copies`), each rank keeping only the slices of its own shard (vLLM's split of every
-  weight; norms are replicated and negligible), so tensor parallelism divides them. When they do not fit next to
-  the engine they live in host memory instead ("host mode"), with one set of pinned merged tensors that vLLM's
-  `reload_weights` copies over tensor by tensor;
-- **stream buffers** (vLLM with sources on the device): the merged tensors outside the layers (embeddings, head,
-  final norm) plus two layers' worth, double-buffered, that `ResidentMerge.merged` streams into `reload_weights`;
+  magnitude ranks: `resident_copies`), each rank keeping only the slices of its own shard (shards.py: vLLM's split
+  of every weight; norms are replicated and negligible), so tensor parallelism divides them; except for the methods
+  that need a whole tensor for every candidate (`sharded_sources`: DARE and DELLA, TIES/breadcrumbs with rescale),
+  whose every rank keeps the whole sources. When they do not fit next to the engine they live in host memory
+  instead ("host mode"), and the merge runs there;
+- **stream buffers** (vLLM): the merged tensors outside the layers (embeddings, head, final norm) plus two layers'
+  worth, double-buffered, that `ResidentMerge.merged` streams into `reload_weights`; whole-shaped on every rank
+  (vLLM's loader takes checkpoint-shaped tensors), plus one slice-sized buffer for the column-split tensors; on the
+  device with the sources there, else pinned in host memory;
+- **preparation** (sources on the device, at start, after the engine has taken its KV cache): one tensor's inputs
+  whole, on the device, while its prepared form is made;
 - **merge scratch**: on an accelerator the kernels run over a whole tensor at once (methods/chunked.py), with a
   few scratch buffers the size of the largest tensor (the embedding, at Llama-3's vocabulary): `scratch_bytes`;
 - **logits**: the log-probs of the largest scoring batch, `batch_tokens` x vocabulary in the dtype, then in
@@ -111,6 +116,15 @@ def resident_copies(method: str, n_inputs: int, dtype: str) -> float:
     return copies
 
 
+def sharded_sources(method: str, rescale: bool = False) -> bool:
+    """Whether a rank keeps only its shard's slices of the sources (ResidentMerge with a `Shard`): not for methods
+    that need a norm or a random draw over the whole tensor for every candidate (DARE and DELLA, which rescale by
+    default; TIES and breadcrumbs when `rescale` is on)."""
+    if method in ("dare_ties", "dare_linear", "della", "della_linear"):
+        return False
+    return not (rescale and method in ("ties", "breadcrumbs", "breadcrumbs_ties"))
+
+
 _MASKED = ("dare_ties", "dare_linear", "ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 _CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
 
@@ -175,9 +189,6 @@ class MemoryPlan:
         """Sources of one rank (on the device), or of the whole worker (host mode)."""
         return self.item("sources")
 
-    @property
-    def merged_bytes(self) -> int:
-        return self.item("pinned merged tensors")
 
     @property
     def total(self) -> int:
@@ -193,7 +204,7 @@ class MemoryPlan:
         lines = [head, f"  {where}:"]
         lines += [f"    {name:<22} {_gib(n)}" for name, n in self.items]
         if self.host_items:
-            lines.append("  in host memory (pinned; reload_weights copies the merged tensors over one by one):")
+            lines.append("  in host memory (pinned; the merge runs there, reload_weights copies each tensor over):")
             lines += [f"    {name:<22} {_gib(n)}" for name, n in self.host_items]
         if self.backend == "vllm":
             lines.append(f"  max_model_len {self.max_model_len}, scoring batches of {self.batch_tokens} tokens")
@@ -208,30 +219,33 @@ class MemoryPlan:
 def plan_memory(backend: str, size: ModelSize, source_copies: float, *, device: str, device_bytes: int,
                 host_bytes: int, workers: int = 1, tensor_parallel: int | None = None, max_tensor_parallel: int = 1,
                 max_model_len: int = 4096, kv_cache_bytes: int | None = None, method: str = "task_arithmetic",
-                n_inputs: int = 2, batch_tokens: int = BATCH_TOKENS) -> MemoryPlan:
+                n_inputs: int = 2, batch_tokens: int = BATCH_TOKENS, sharded: bool | None = None) -> MemoryPlan:
     """The plan of one worker.
 
     device "cuda": every worker has `tensor_parallel` GPUs of `device_bytes` each (None: the smallest power of two
     up to `max_tensor_parallel` that fits) and shares `host_bytes` with the others. device "cpu": the workers
     share `host_bytes`, which is also the device. `kv_cache_bytes` caps vLLM's KV cache (default: whatever is left
     on a GPU; 1 GiB on CPU, where the cache competes with the sources for the same RAM). `method` and `n_inputs`
-    size the merge kernels' scratch.
+    size the merge kernels' scratch; `sharded` says whether ranks keep only their slices of the sources (default:
+    `sharded_sources(method)`).
     """
     if backend not in ("hf", "vllm") or device not in ("cuda", "cpu"):
         raise ValueError(f"unknown backend/device {backend}/{device}")
     host = host_bytes // max(1, workers)
     scratch = scratch_bytes(method, n_inputs, _dtype_name(size.dtype_bytes))
+    sharded = sharded_sources(method) if sharded is None else sharded
+    prepare = (n_inputs + 1) * size.largest_numel * size.dtype_bytes  # one tensor's inputs, whole
     if device == "cpu":
         return _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tensor_parallel or 1,
-                         max_model_len, kv_cache_bytes, batch_tokens)
+                         max_model_len, kv_cache_bytes, batch_tokens, sharded)
     sizes = [tensor_parallel] if tensor_parallel else [1 << k for k in range(8) if 1 << k <= max_tensor_parallel]
     plans = [_gpu_plan(backend, size, source_copies, scratch, device_bytes, host, tp, max_model_len, kv_cache_bytes,
-                       batch_tokens) for tp in sizes or [1]]
+                       batch_tokens, sharded, prepare) for tp in sizes or [1]]
     plan = next((p for p in plans if p.fits), plans[-1])
     if plan.fits:
         return plan
     return _with_way_out(plan, size, source_copies, scratch, device_bytes, host, max_model_len, kv_cache_bytes,
-                         batch_tokens, tensor_parallel)
+                         batch_tokens, sharded, prepare)
 
 
 def _dtype_name(nbytes: int) -> str:
@@ -250,10 +264,13 @@ def _per_candidate(backend: str, size: ModelSize, tp: int, batch_tokens: int) ->
 
 
 def _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tp, max_model_len, kv_cache_bytes,
-              batch_tokens) -> MemoryPlan:
-    items = [("engine weights", size.bytes), ("sources", int(size.bytes * source_copies))]
+              batch_tokens, sharded) -> MemoryPlan:
+    """On CPU a worker's ranks share its RAM: the engine's shards add up to one model, the sources to one set (or
+    one per rank when they are not sharded), the stream buffers are per rank."""
+    whole_sources = int(size.bytes * source_copies)
+    items = [("engine weights", size.bytes), ("sources", whole_sources if sharded else tp * whole_sources)]
     if backend == "vllm":
-        items.append(("stream buffers", (size.outside_numel + 2 * size.layer_numel) * size.dtype_bytes))
+        items.append(("stream buffers", tp * (size.outside_numel + 2 * size.layer_numel) * size.dtype_bytes))
     items += _per_candidate(backend, size, 1, batch_tokens)
     items.append(("runtime", CPU_RUNTIME * tp))
     kv = 0
@@ -272,18 +289,21 @@ def _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tp, max_m
 
 
 def _gpu_plan(backend, size, source_copies, scratch, device_bytes, host, tp, max_model_len, kv_cache_bytes,
-              batch_tokens) -> MemoryPlan:
+              batch_tokens, sharded=True, prepare=0) -> MemoryPlan:
     b = size.dtype_bytes
     engine = -(-size.bytes // tp)
-    sources = -(-int(size.bytes * source_copies) // tp)  # each rank keeps the slices of its shard
+    whole_sources = int(size.bytes * source_copies)
+    sources = -(-whole_sources // tp) if sharded else whole_sources  # per rank: its slices, or everything
     fixed = [("CUDA context", CUDA_CONTEXT + (NCCL_RESERVE if tp > 1 else 0)),
              ("allocator margin", int(device_bytes * ALLOCATOR_MARGIN))]
     per_candidate = _per_candidate(backend, size, tp, batch_tokens)
     kv_min = -(-size.kv_bytes_per_token * max_model_len // tp) if backend == "vllm" else 0
+    # whole-shaped on every rank (the loader takes checkpoint shapes), + one slice for the column-split tensors
+    stream = (size.outside_numel + 2 * size.layer_numel) * b + (-(-size.largest_numel // tp) * b if tp > 1 else 0)
     on_device = [("engine weights", engine), ("sources", sources)]
     if backend == "vllm":
-        on_device.append(("stream buffers", -(-(size.outside_numel + 2 * size.layer_numel) * b // tp)))
-    on_device.append(("merge scratch", -(-size.largest_numel // tp) * scratch))
+        on_device.append(("stream buffers", stream))
+    on_device += [("merge scratch", -(-size.largest_numel // tp) * scratch), ("preparation", prepare)]
     on_device += per_candidate + fixed
 
     def finish(items: list[tuple[str, int]], host_items: list[tuple[str, int]], on: str) -> MemoryPlan:
@@ -315,9 +335,9 @@ def _gpu_plan(backend, size, source_copies, scratch, device_bytes, host, tp, max
     device_plan = finish(on_device, [], "device")
     if device_plan.fits or backend == "hf":
         return device_plan
-    # host mode: the sources and one set of merged tensors in pinned host memory, for every rank of the worker;
-    # the merge runs on the CPU (chunked kernels: no scratch to speak of), vLLM copies the results over
-    host_items = [("sources", int(size.bytes * source_copies)), ("pinned merged tensors", size.bytes)]
+    # host mode: every rank's sources and stream buffers in pinned host memory; the merge runs on the CPU (chunked
+    # kernels: no scratch to speak of) and vLLM's loader copies each streamed tensor's slice to the device
+    host_items = [("sources", whole_sources if sharded else tp * whole_sources), ("stream buffers", tp * stream)]
     return finish([("engine weights", engine)] + per_candidate + fixed, host_items, "host")
 
 
@@ -328,24 +348,24 @@ def _short(items: list[tuple[str, int]], device_bytes: int, left: int) -> str:
 
 
 def _with_way_out(plan: MemoryPlan, size, source_copies, scratch, device_bytes, host, max_model_len,
-                  kv_cache_bytes, batch_tokens, tensor_parallel) -> MemoryPlan:
+                  kv_cache_bytes, batch_tokens, sharded, prepare) -> MemoryPlan:
     """Add the way out to a plan that does not fit: the tensor-parallel size that would fit, a shorter
     max_model_len, more host memory."""
+    def fits(tp: int, length: int) -> bool:
+        return _gpu_plan(plan.backend, size, source_copies, scratch, device_bytes, host, tp, length, kv_cache_bytes,
+                         batch_tokens, sharded, prepare).fits
+
     ways = []
     if plan.backend == "hf":
         ways.append("use --backend vllm (sources in host memory) or a bigger GPU")
     else:
-        tp_fit = next((tp for tp in (2, 4, 8, 16, 32, 64) if tp > plan.tensor_parallel and _gpu_plan(
-            plan.backend, size, source_copies, scratch, device_bytes, host, tp, max_model_len, kv_cache_bytes,
-            batch_tokens).fits), None)
+        tp_fit = next((tp for tp in (2, 4, 8, 16, 32, 64) if tp > plan.tensor_parallel and fits(tp, max_model_len)),
+                      None)
         if tp_fit:
             ways.append(f"--tensor-parallel {tp_fit}")
-        for length in (2048, 1024, 512):
-            if length < max_model_len and _gpu_plan(plan.backend, size, source_copies, scratch, device_bytes, host,
-                                                    plan.tensor_parallel, length, kv_cache_bytes,
-                                                    batch_tokens).fits:
-                ways.append(f"a shorter search.max_model_len ({length})")
-                break
+        length = next((n for n in (2048, 1024, 512) if n < max_model_len and fits(plan.tensor_parallel, n)), None)
+        if length:
+            ways.append(f"a shorter search.max_model_len ({length})")
         if plan.sources_on == "host" and "host memory" in plan.reason:
             ways.append("fewer --workers per node or more host RAM for host mode")
     return MemoryPlan(**{**plan.__dict__, "hint": "way out: " + ("; or ".join(ways) or "a bigger GPU")})

@@ -97,6 +97,7 @@ def test_llama31_8b_three_sources_on_h200_keeps_sources_on_the_gpu():
                 "sources": 3 * model,  # base + 2 task vectors
                 "stream buffers": (2 * embed + 4096 + 2 * layer) * 2,  # embeddings, head, final norm + 2 layers
                 "merge scratch": embed * (2 * 2 + 4),  # bf16 sum and spare + a float32 accumulator
+                "preparation": 3 * embed * 2,  # at start: the embedding's base, instruct and language tensors
                 **_per_candidate(128256, 4096, 14336),
                 "allocator margin": int(141 * GB * 0.05)}
     assert expected["stream buffers"] == 2_973_802_496  # ~3 GB, as issue 13 says
@@ -105,7 +106,7 @@ def test_llama31_8b_three_sources_on_h200_keeps_sources_on_the_gpu():
     kv = items.pop("KV cache")
     assert items == expected
     assert plan.fits and plan.sources_on == "device" and plan.tensor_parallel == 1
-    assert kv == 141 * GB - sum(expected.values()) == 55_717_768_064  # what vLLM gets: all that is left
+    assert kv == 141 * GB - sum(expected.values()) == 52_565_748_608  # what vLLM gets: all that is left
     assert plan.total == 141 * GB
 
 
@@ -113,7 +114,8 @@ def test_llama31_8b_three_sources_on_h100_moves_sources_to_host_memory():
     """The old plan kept these sources on an 80 GB card with 10% headroom and would have run out of memory."""
     plan = _plan(device_bytes=80 * GB)
     model = 8_030_261_248 * 2
-    on_gpu = model + 3 * model + 2_973_802_496 + 4_202_692_608 + sum(_per_candidate(128256, 4096, 14336).values())
+    on_gpu = model + 3 * model + 2_973_802_496 + 4_202_692_608 + 3 * 128256 * 4096 * 2 + \
+        sum(_per_candidate(128256, 4096, 14336).values())
     assert on_gpu + int(80 * GB * 0.05) > 80 * GB  # sources on the GPU do not fit once everything is counted
     expected = {"engine weights": model, **_per_candidate(128256, 4096, 14336),
                 "allocator margin": 4 * GB}
@@ -121,7 +123,7 @@ def test_llama31_8b_three_sources_on_h100_moves_sources_to_host_memory():
     kv = items.pop("KV cache")
     assert items == expected and kv == 80 * GB - sum(expected.values()) == 53_125_830_656
     assert plan.fits and plan.sources_on == "host"
-    assert dict(plan.host_items) == {"sources": 3 * model, "pinned merged tensors": model}
+    assert dict(plan.host_items) == {"sources": 3 * model, "stream buffers": 2_973_802_496}
     assert "pinned" in plan.describe()
     short = _plan(device_bytes=80 * GB, host_bytes=40 * GiB)  # nor can the host hold them
     assert not short.fits and "host memory" in short.reason and "host RAM" in short.hint
@@ -134,7 +136,7 @@ def test_qwen3_8b_on_h100_and_h200():
     big = _plan(size=size, device_bytes=141 * GB)
     layer = 4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 12288 + 2 * 4096 + 2 * 128  # + q_norm, k_norm
     expected = {"engine weights": model, "sources": 3 * model, "stream buffers": (2 * embed + 4096 + 2 * layer) * 2,
-                "merge scratch": embed * 8, **_per_candidate(151936, 4096, 12288),
+                "merge scratch": embed * 8, "preparation": 3 * embed * 2, **_per_candidate(151936, 4096, 12288),
                 "allocator margin": int(141 * GB * 0.05)}
     items = dict(big.items)
     assert items.pop("KV cache") == 141 * GB - sum(expected.values()) and items == expected and big.sources_on == "device"
@@ -152,7 +154,9 @@ def test_llama31_70b_on_eight_gpus_takes_tensor_parallel_ranks_with_sharded_sour
     expected = {"engine weights": model // 4, **_per_candidate(128256, 8192, 28672, tp=4), "allocator margin": 4 * GB}
     items = dict(plan.items)
     assert items.pop("KV cache") == 80 * GB - sum(expected.values()) and items == expected
-    assert dict(plan.host_items) == {"sources": 3 * model, "pinned merged tensors": model}  # all 4 ranks' shards
+    embed, layer = 128256 * 8192, 8192 * 8192 * 2 + 8192 * 1024 * 2 + 3 * 8192 * 28672 + 2 * 8192
+    stream = (2 * embed + 8192 + 2 * layer) * 2 + embed // 4 * 2  # whole-shaped, + a slice for column splits
+    assert dict(plan.host_items) == {"sources": 3 * model, "stream buffers": 4 * stream}  # all 4 ranks' slices
     # 8 x 141 GB with 8 ranks: each rank's slices of the sources fit next to its shard of the engine
     eight = _plan(size=size, device_bytes=141 * GB, tensor_parallel=8)
     assert eight.fits and eight.sources_on == "device" and eight.sources_bytes == -(-3 * model // 8)
@@ -177,7 +181,7 @@ def test_cpu_plans_share_the_ram_between_workers():
     ok = _plan(size=tiny, device="cpu", device_bytes=0, host_bytes=24 * GiB, workers=2, max_model_len=256)
     assert ok.fits and ok.kv_cache_bytes == GiB and ok.device_bytes == 12 * GiB
     hf = _plan(backend="hf", size=tiny, device="cpu", device_bytes=0, host_bytes=24 * GiB)
-    assert hf.fits and hf.kv_cache_bytes == 0 and hf.merged_bytes == 0 and "KV cache" not in hf.describe()
+    assert hf.fits and hf.kv_cache_bytes == 0 and "stream buffers" not in dict(hf.items) and "KV cache" not in hf.describe()
 
 
 def test_hf_backend_on_a_small_gpu_says_to_use_vllm():
