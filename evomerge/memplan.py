@@ -267,6 +267,7 @@ def _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tp, max_m
               batch_tokens, sharded) -> MemoryPlan:
     """On CPU a worker's ranks share its RAM: the engine's shards add up to one model, the sources to one set (or
     one per rank when they are not sharded), the stream buffers are per rank."""
+    batch_tokens = max(batch_tokens, max_model_len)
     whole_sources = int(size.bytes * source_copies)
     items = [("engine weights", size.bytes), ("sources", whole_sources if sharded else tp * whole_sources)]
     if backend == "vllm":
@@ -290,6 +291,7 @@ def _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tp, max_m
 
 def _gpu_plan(backend, size, source_copies, scratch, device_bytes, host, tp, max_model_len, kv_cache_bytes,
               batch_tokens, sharded=True, prepare=0) -> MemoryPlan:
+    batch_tokens = max(batch_tokens, max_model_len)  # one step takes a whole prompt (no chunked prompt log-probs)
     b = size.dtype_bytes
     engine = -(-size.bytes // tp)
     whole_sources = int(size.bytes * source_copies)

@@ -87,6 +87,26 @@ def test_loglikelihoods_equal_plain_forward_passes(backend):
         assert g == pytest.approx(plain_loglik(backend, c, x), abs=1e-4)
 
 
+def test_a_batch_token_cap_bounds_every_forward_and_changes_no_score(backend, monkeypatch):
+    """The memory plan sizes logits for `max_batch_tokens` tokens a forward: the cap must hold (rows x longest row,
+    padding included), and scores and generations must not change."""
+    pairs = [("Kaixo", " mundua"), ("¿Qué tal?", " Bien, ñandú."), ("Bon dia a tothom, com esteu?", " Molt bé"),
+             ("x", " y z"), ("a", "b"), ("Egun on", " denoi")]
+    requests = [backend.encode(c, x) for c, x in pairs]
+    prompts = [backend.encode_prompt(backend.chat_prompt(t)) for t in ("Kaixo!", "Escribe un poema largo.", "Hi")]
+    plain = backend.loglikelihoods(requests), backend.generate(prompts, max_new_tokens=4)
+    shapes = []
+    forward = backend.model.forward
+    monkeypatch.setattr(backend.model, "forward", lambda *a, **kw: shapes.append(tuple(kw["input_ids"].shape))
+                        or forward(*a, **kw))
+    longest = max(len(r.context) + len(r.continuation) for r in requests)
+    monkeypatch.setattr(backend, "max_batch_tokens", longest + 2)  # one row of the longest, or a few short ones
+    capped = backend.loglikelihoods(requests)
+    assert capped == pytest.approx(plain[0], abs=1e-5)
+    assert shapes and all(rows * width <= longest + 2 for rows, width in shapes) and len(shapes) > 2
+    assert backend.generate(prompts, max_new_tokens=4) == plain[1]
+
+
 @pytest.mark.parametrize("form,chat,few_shot", [("cloze", False, 0), ("cloze", False, 2), ("letter", True, 2),
                                                 ("cloze", True, 1)])
 def test_multiple_choice_metrics_equal_an_independent_computation(backend, tmp_path, form, chat, few_shot):

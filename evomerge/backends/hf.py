@@ -48,22 +48,25 @@ def rolling_windows(tokens: Sequence[int], prefix: int, max_len: int) -> list[Re
 class HFBackend:
     """A causal LM and its tokenizer; the model's parameters may be rewritten in place between calls."""
 
-    def __init__(self, model: "torch.nn.Module", tokenizer, batch_size: int = 32) -> None:
+    def __init__(self, model: "torch.nn.Module", tokenizer, batch_size: int = 32,
+                 max_batch_tokens: int | None = None) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_batch_tokens = max_batch_tokens  # rows x longest row of one forward, at most (the memory plan's)
         self.device = next(model.parameters()).device
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
     def load(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
-             batch_size: int = 32) -> "HFBackend":
-        """Load a model directory (safetensors only, no remote code)."""
+             batch_size: int = 32, max_batch_tokens: int | None = None) -> "HFBackend":
+        """Load a model directory (safetensors only, no remote code). A forward takes at most `batch_size` rows
+        and, when given, at most `max_batch_tokens` tokens (rows x the longest row, padding included)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=False).to(device)
         model.eval()
-        return cls(model, tok, batch_size)
+        return cls(model, tok, batch_size, max_batch_tokens)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The live weights by checkpoint name (for in-place merges)."""
@@ -140,8 +143,7 @@ class HFBackend:
         order = sorted(range(len(inputs)), key=lambda k: -len(inputs[k]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = [0.0] * len(requests)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        for batch in self._batches(order, [len(x) for x in inputs]):
             ids, mask = pad_batch([inputs[k] for k in batch], pad)
             # which (row, position) predicts which target token, for every request of the batch
             b_idx, p_idx, target, owner, reqs = [], [], [], [], []
@@ -170,6 +172,19 @@ class HFBackend:
                 out[i] = v
         return out
 
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Rows in `order` (longest first) cut into batches of at most `batch_size` rows and, with a token cap, at
+        most `max_batch_tokens` tokens (rows x the first, longest row; a row longer than the cap goes alone)."""
+        batches: list[list[int]] = []
+        for k in order:
+            last = batches[-1] if batches else None
+            if last is None or len(last) >= self.batch_size or (
+                    self.max_batch_tokens is not None and (len(last) + 1) * lengths[last[0]] > self.max_batch_tokens):
+                batches.append([k])
+            else:
+                last.append(k)
+        return batches
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
         """Greedy continuations of prompts (token ids): at most max_new_tokens, ended by an end-of-sequence token
@@ -197,8 +212,7 @@ class HFBackend:
 
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out = [""] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        for batch in self._batches(order, [len(p) + max_new_tokens for p in prompts]):
             width = len(prompts[batch[0]])
             ids, mask = pad_batch([list(prompts[i]) for i in batch], pad, left=True)
             criteria = StoppingCriteriaList([StopStrings(width)]) if stop else None

@@ -124,14 +124,16 @@ def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[
             backend = VLLMBackend.start(template)
         else:
             backend = VLLMBackend.start(template, kv_cache_bytes=plan.kv_cache_bytes, sources_on=plan.sources_on,
-                                        tensor_parallel=plan.tensor_parallel, max_model_len=plan.max_model_len)
+                                        tensor_parallel=plan.tensor_parallel, max_model_len=plan.max_model_len,
+                                        max_num_batched_tokens=plan.batch_tokens if plan.device == "cuda" else None)
         return backend, backend.apply
     from evomerge.backends.hf import HFBackend
     from evomerge.merge import ResidentMerge
     from evomerge.tensors import torch_dtype
 
     device = "cuda" if plan is not None and plan.device == "cuda" else "cpu"  # a worker with a GPU scores on it
-    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device)
+    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device,
+                             max_batch_tokens=plan.batch_tokens if device == "cuda" else None)  # the plan's logits
     return backend, ResidentMerge(template, backend.parameters(), device).apply
 
 

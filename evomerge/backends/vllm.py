@@ -119,7 +119,8 @@ class VLLMBackend:
     @classmethod
     def load(cls, path: str | Path, dtype: str = "float32", kv_cache_bytes: int | None = 1 << 30,
              tensor_parallel: int = 1, max_model_len: int | None = None, merging: bool = False,
-             seed: int = 0, cuda_graphs: bool = False) -> "VLLMBackend":
+             seed: int = 0, cuda_graphs: bool = False,
+             max_num_batched_tokens: int | None = None) -> "VLLMBackend":
         """Start an engine on a model directory (safetensors only, no remote code).
 
         kv_cache_bytes: the memory plan's KV cache budget (None: vLLM's own default, most of the device; on CPU
@@ -128,6 +129,8 @@ class VLLMBackend:
         process each; on CPU each gets its own cores, `cpu_binding`). cuda_graphs: capture CUDA graphs on a GPU (off by
         default, eager mode, until scores after swaps are measured equal with them on); no effect on CPU, which
         always runs eagerly (vLLM would torch.compile the model instead, minutes on a small machine).
+        max_num_batched_tokens: tokens of one engine step (the memory plan's `batch_tokens`, which sizes the
+        prompt log-probs' logits; None: vLLM's default).
         """
         import os
 
@@ -164,18 +167,21 @@ class VLLMBackend:
         llm = LLM(model=path, dtype=dtype, tensor_parallel_size=tensor_parallel, seed=seed,
                   max_model_len=max_model_len, kv_cache_memory_bytes=kv_cache_bytes,
                   enforce_eager=cpu or not cuda_graphs, trust_remote_code=False, load_format="safetensors",
-                  worker_extension_cls=EXTENSION if merging else "")
+                  worker_extension_cls=EXTENSION if merging else "",
+                  **({"max_num_batched_tokens": max_num_batched_tokens} if max_num_batched_tokens else {}))
         return cls(llm, tokenizer, eos_ids, max_model_len, merging)
 
     @classmethod
     def start(cls, template, kv_cache_bytes: int = 1 << 30, sources_on: str = "device", tensor_parallel: int = 1,
-              max_model_len: int | None = None, seed: int = 0, cuda_graphs: bool = False) -> "VLLMBackend":
+              max_model_len: int | None = None, seed: int = 0, cuda_graphs: bool = False,
+              max_num_batched_tokens: int | None = None) -> "VLLMBackend":
         """An engine on the template recipe's first input (its config, tokenizer and chat template) with that
         recipe's sources resident in every worker (each rank: its slices), ready for `apply`."""
         import sys
 
         backend = cls.load(template.inputs[0].model, template.dtype, kv_cache_bytes, tensor_parallel,
-                           max_model_len, merging=True, seed=seed, cuda_graphs=cuda_graphs)
+                           max_model_len, merging=True, seed=seed, cuda_graphs=cuda_graphs,
+                           max_num_batched_tokens=max_num_batched_tokens)
         backend.ranks = backend.prepare(template, sources_on)
         held = max(r["resident_bytes"] for r in backend.ranks)
         print(f"vLLM engine: {len(backend.ranks)} rank(s), prepared sources {held / 2**20:.1f} MiB per rank on "
