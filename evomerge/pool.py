@@ -164,9 +164,10 @@ class RayPool:
                           tensor_parallel=memory.tensor_parallel)
         g0 = {g.name: g.init for g in self.space.expand(self.n_layers)}
         template = self.space.recipe(g0, self.n_layers).to_mergekit()
-        cores = int(self.ray.cluster_resources().get("CPU", 1)) if self.address else local_cores()
+        # the Hugging Face backend's threads: this machine's cores shared by the workers (on a cluster, the
+        # driver's cores stand in for a node's: how workers spread over nodes is Ray's choice)
         self._spec = EvaluatorSpec(template, tuple(e.path for e in self.space.eval_sets), self.space.eval_split,
-                                   self.space.max_items, self.seed, threads=max(1, cores // self.workers),
+                                   self.space.max_items, self.seed, threads=max(1, local_cores() // self.workers),
                                    backend=choice.name, memory=memory,
                                    first_pass_items=self.space.search.first_pass_items,
                                    objectives=self.objectives, objective_weights=self.weights,
@@ -197,8 +198,12 @@ class RayPool:
             else:  # the real cores, so that more workers than cores is refused rather than oversubscribed
                 ray.init(num_cpus=local_cores(), _node_ip_address="127.0.0.1", **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UserError("--address", f"cannot join the Ray cluster ({e})",
-                            "check the address, or drop --address") from None
+            if self.address:
+                raise UserError("--address", f"cannot join the Ray cluster ({e})",
+                                "check the address, or drop --address") from None
+            raise UserError("ray", f"cannot start a local Ray instance ({e})",
+                            "check that /tmp/ray is writable and has space, or pass --address of a running cluster"
+                            ) from None
         self.ray = ray
 
     def _probe_worker_node(self) -> Machine:
@@ -287,7 +292,9 @@ class RayPool:
                     return
                 self.start()  # the first item: workers start (no-op once started)
             ray = self.ray
-            refs = list(inflight) + list(self._waiting)
+            # ray.wait returns the first ready refs in list order: a worker's ready/start calls go first, or a fast
+            # worker's stream of results would hide that another worker has started
+            refs = list(self._waiting) + list(inflight)
             if not refs:
                 raise RuntimeError("no worker is running or starting, yet candidates wait")
             placing = [w.placed_by for _, w in self._waiting.values() if not w.placed]
@@ -336,7 +343,10 @@ class RayPool:
 
     def _not_placed(self) -> None:
         """A worker not placed by its deadline: the cluster has no room for it (say what it asks and what's free)."""
-        w = next(w for _, w in self._waiting.values() if not w.placed and w.placed_by <= time.monotonic())
+        now = time.monotonic()
+        w = next((w for _, w in self._waiting.values() if not w.placed and w.placed_by <= now), None)
+        if w is None:  # the wait came back a hair early: no deadline has passed yet
+            return
         cpus, gpus = self._request
         free = self.ray.available_resources()
         raise UserError("--workers", f"{w.name} was not placed within {PLACE_SECONDS:.0f} s: it asks for {cpus} "

@@ -177,3 +177,8 @@ def test_a_local_run_listens_on_the_loopback_interface_only(miniature, tmp_path)
     names = {name for name, _ in seen}
     assert {"gcs_server", "raylet"} <= names, seen  # Ray's servers were seen listening
     assert all(_loopback(addr) for _, addr in seen), sorted(seen)
+    # the engine the workers used is in run.json (resume reuses it)
+    from evomerge.rundir import read_run
+
+    info = read_run(tmp_path / "runs" / "l")
+    assert (info.backend, info.device, info.dtype, info.tensor_parallel) == ("hf", "cpu", "float32", 1)
