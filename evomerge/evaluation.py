@@ -69,7 +69,7 @@ def context_text(backend: HFBackend, evalset: EvalSet, item: Item, seed: int = 0
         for s in shots:
             messages += [{"role": "user", "content": s.prompt(card)}, {"role": "assistant", "content": s.answer(card)}]
         messages.append({"role": "user", "content": item.prompt(card)})
-        return backend.chat(messages)
+        return backend.text.chat(messages)
     blocks = [card.system] if card.system else []
     blocks += [s.prompt(card) + card.target_delimiter + s.answer(card) for s in shots]
     blocks.append(item.prompt(card))
@@ -86,7 +86,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
         for item in items:
             context = context_text(backend, evalset, item, seed)
             conts = item.continuations(card)
-            requests += [backend.encode(context, card.target_delimiter + c) for c in conts]
+            requests += [backend.text.encode(context, card.target_delimiter + c) for c in conts]
             offsets.append(len(requests))
             golds.append(item.gold)
             choices.append(conts)
@@ -105,7 +105,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
     if unknown:
         raise UserError(evalset.path, f"the language identifier does not know {unknown[0]!r}",
                         "use an ISO 639-1 code such as eu, ca, gl, es, en")
-    prompts = tuple(backend.encode_prompt(context_text(backend, evalset, item, seed)) for item in items)
+    prompts = tuple(backend.text.encode_prompt(context_text(backend, evalset, item, seed)) for item in items)
     return GenerationSet(evalset.name, card.metric, prompts, tuple(it.constraints for it in items),
                          tuple(it.language for it in items), card.max_new_tokens, card.stop)
 

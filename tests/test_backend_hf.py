@@ -81,7 +81,7 @@ def _expected_mc(lls: list[list[float]], items, conts) -> dict[str, float]:
 def test_loglikelihoods_equal_plain_forward_passes(backend):
     pairs = [("Kaixo", " mundua"), ("", "Hola"), ("¿Qué tal?", " Bien, ñandú."), ("a", "b"), ("a", "b"),
              ("Bon dia a tothom, com esteu?", " Molt bé"), ("x", " y z w v u t s r q p o n m")]
-    requests = [backend.encode(c, x) for c, x in pairs]
+    requests = [backend.text.encode(c, x) for c, x in pairs]
     got = backend.loglikelihoods(requests)
     for (c, x), g in zip(pairs, got):
         assert g == pytest.approx(plain_loglik(backend, c, x), abs=1e-4)
@@ -92,8 +92,8 @@ def test_a_batch_token_cap_bounds_every_forward_and_changes_no_score(backend, mo
     padding included), and scores and generations must not change."""
     pairs = [("Kaixo", " mundua"), ("¿Qué tal?", " Bien, ñandú."), ("Bon dia a tothom, com esteu?", " Molt bé"),
              ("x", " y z"), ("a", "b"), ("Egun on", " denoi")]
-    requests = [backend.encode(c, x) for c, x in pairs]
-    prompts = [backend.encode_prompt(backend.chat_prompt(t)) for t in ("Kaixo!", "Escribe un poema largo.", "Hi")]
+    requests = [backend.text.encode(c, x) for c, x in pairs]
+    prompts = [backend.text.encode_prompt(backend.text.chat_prompt(t)) for t in ("Kaixo!", "Escribe un poema largo.", "Hi")]
     plain = backend.loglikelihoods(requests), backend.generate(prompts, max_new_tokens=4)
     shapes = []
     forward = backend.model.forward
@@ -180,7 +180,7 @@ def _greedy_plain(backend: HFBackend, prompt: list[int], n: int) -> list[int]:
 
 
 def test_greedy_generation_is_batched_correctly_with_a_token_cap(backend):
-    prompts = [backend.encode_prompt(backend.chat_prompt(t)) for t in ("Kaixo!", "Escribe un poema largo.", "Hi")]
+    prompts = [backend.text.encode_prompt(backend.text.chat_prompt(t)) for t in ("Kaixo!", "Escribe un poema largo.", "Hi")]
     for cap in (10, 3):  # equal to the plain greedy loop's first `cap` tokens: the cap holds
         got = backend.generate(prompts, max_new_tokens=cap)
         for p, text in zip(prompts, got):
@@ -188,7 +188,7 @@ def test_greedy_generation_is_batched_correctly_with_a_token_cap(backend):
 
 
 def test_stop_strings_cut_the_response(backend):
-    prompt = backend.encode_prompt(backend.chat_prompt("Kaixo!"))
+    prompt = backend.text.encode_prompt(backend.text.chat_prompt("Kaixo!"))
     full = backend.generate([prompt], max_new_tokens=12)[0]
     assert len(full) >= 4
     stop = full[2:4]
@@ -223,8 +223,8 @@ def test_prepared_sets_need_no_tokenizer_per_candidate(backend, tmp_path, monkey
     def no_tokenizing(*a, **k):
         raise AssertionError("tokenized during scoring")
 
-    monkeypatch.setattr(backend, "tokens", no_tokenizing)
-    monkeypatch.setattr(backend, "encode", no_tokenizing)
+    for name in ("tokens", "encode_text", "encode", "encode_prompt", "chat"):
+        monkeypatch.setattr(backend.text, name, no_tokenizing)
     assert evaluation.score(backend, [prepared]) == before
 
 

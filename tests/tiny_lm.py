@@ -12,9 +12,10 @@ CHAT_TEMPLATE = (
 SPECIALS = ["<s>", "</s>", "<pad>", "<|end|>"]
 
 
-def make_tokenizer():
-    """Byte-level BPE with no merges: 256 byte tokens plus specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def make_tokenizer(bos: bool = False):
+    """Byte-level BPE with no merges: 256 byte tokens plus specials. `bos`: the tokenizer prepends `<s>` to every
+    text encoded with special tokens (as Llama-3, Mistral and Gemma tokenizers do)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -25,18 +26,22 @@ def make_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIALS)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                           special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    additional_special_tokens=["<|end|>"])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def make_byte_llama(path: Path, seed: int = 0, layers: int = 2, hidden: int = 128) -> Path:
-    """Save a random tiny Llama with the byte tokenizer under `path`; `<|end|>` ends generation."""
+def make_byte_llama(path: Path, seed: int = 0, layers: int = 2, hidden: int = 128, bos: bool = False) -> Path:
+    """Save a random tiny Llama with the byte tokenizer under `path`; `<|end|>` ends generation. `bos`: its
+    tokenizer prepends `<s>` (the chat template writes `<s>` itself either way)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tok = make_tokenizer()
+    tok = make_tokenizer(bos)
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=hidden, num_attention_heads=hidden // 64, num_key_value_heads=1,
                       intermediate_size=2 * hidden, num_hidden_layers=layers, vocab_size=len(tok),

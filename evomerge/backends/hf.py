@@ -1,5 +1,6 @@
 """Hugging Face transformers backend on CPU or GPU: batched continuation log-likelihoods, rolling log-likelihoods of
-whole texts, greedy generation with stop strings, and the model's chat template.
+whole texts, greedy generation with stop strings. Text -> token ids and back is `self.text` (evomerge/text.py, the
+same rules as the vLLM backend's).
 
 Everything takes token ids that the caller prepared once (evaluation.prepare); the per-candidate path only runs
 the model. The weights may be rewritten in place between calls (worker.py merges into `parameters()`).
@@ -8,19 +9,12 @@ the model. The weights may be rewritten in place between calls (worker.py merges
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
-
-@dataclass(frozen=True)
-class Request:
-    """Score `continuation` after `context` (token ids)."""
-
-    context: tuple[int, ...]
-    continuation: tuple[int, ...]
+from evomerge.text import Request, Text, model_max_len  # noqa: F401  (Request: re-exported for callers)
 
 
 def rolling_windows(tokens: Sequence[int], prefix: int, max_len: int) -> list[Request]:
@@ -53,6 +47,9 @@ class HFBackend:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.max_batch_tokens = max_batch_tokens  # rows x longest row of one forward, at most (the memory plan's)
         self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+        self.text = Text(tokenizer, eos if isinstance(eos, list) else [eos] if eos is not None else [],
+                         model_max_len(model.config, tokenizer))
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
@@ -72,51 +69,9 @@ class HFBackend:
         """The live weights by checkpoint name (for in-place merges)."""
         return {name: p.data for name, p in self.model.named_parameters()}
 
-    # ---- text -> token ids (done once per eval set) ------------------------------------------------------------
-
-    @property
-    def _bos(self) -> int:
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
-    def tokens(self, text: str) -> list[int]:
-        """Token ids of a text with no special tokens added (chat templates write their own)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, context: str, continuation: str) -> Request:
-        """Tokenize the way lm-eval-harness does: encode the whole text and split off the context's tokens, so
-        tokens that merge across the boundary belong to the continuation."""
-        whole, ctx = self.tokens(context + continuation), self.tokens(context)
-        cut = len(ctx)
-        while cut > 0 and whole[:cut] != ctx[:cut]:
-            cut -= 1
-        ctx_ids, cont_ids = whole[:cut], whole[cut:]
-        if not ctx_ids:  # the first token needs something to be predicted from
-            ctx_ids = [self._bos]
-        return Request(tuple(ctx_ids), tuple(cont_ids))
-
-    def encode_prompt(self, text: str) -> tuple[int, ...]:
-        """A generation prompt's token ids (the beginning-of-sequence token when the text is empty)."""
-        return tuple(self.tokens(text)) or (self._bos,)
-
     def rolling_requests(self, text: str, max_len: int | None = None) -> list[Request]:
         """A whole text as disjoint windows whose log-likelihoods sum to the text's (for bits per byte)."""
-        limit = max_len or min(int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048), 2048)
-        return rolling_windows(self.tokens(text), self._bos, limit)
-
-    def chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Messages (role, content) through the model's chat template, ending with the assistant's prompt."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            from evomerge.errors import UserError
-
-            raise UserError("chat_template", "this model's tokenizer has no chat template",
-                            "set chat_template: false in the eval set's card, or score an instruct model")
-        return self.tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                                  add_generation_prompt=True)
-
-    def chat_prompt(self, user_text: str) -> str:
-        """One user turn wrapped in the model's chat template, ending with the assistant's generation prompt."""
-        return self.chat([{"role": "user", "content": user_text}])
+        return rolling_windows(self.text.tokens(text), self.text.prefix_id, max_len or min(self.text.max_len, 2048))
 
     # ---- the model (per candidate) ----------------------------------------------------------------------------
 
@@ -191,24 +146,19 @@ class HFBackend:
         or cut before the first stop string. Batched longest first with left padding."""
         from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-        tok = self.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tok.eos_token_id is not None:
-            eos_ids.add(tok.eos_token_id)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (min(eos_ids) if eos_ids else 0)
+        text, eos_ids = self.text, self.text.eos_ids
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
+            min(eos_ids) if eos_ids else 0)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=sorted(eos_ids) or None, pad_token_id=pad)
-        tail = max((len(s) for s in stop), default=0) + 8  # tokens to decode when looking for a stop string
 
         class StopStrings(StoppingCriteria):
             def __init__(self, width: int) -> None:
                 self.width = width
 
             def __call__(self, input_ids, scores, **kwargs):  # -> bool per row
-                new = input_ids[:, self.width:]
-                texts = tok.batch_decode(new[:, -tail:], skip_special_tokens=True)
-                return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+                new = input_ids[:, self.width:].tolist()
+                return torch.tensor([text.tail_has_stop(row, stop) for row in new], device=input_ids.device)
 
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out = [""] * len(prompts)
@@ -219,16 +169,8 @@ class HFBackend:
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=config, stopping_criteria=criteria)
             for b, i in enumerate(batch):
-                new = gen[b, width:].tolist()
-                cut = next((j for j, t in enumerate(new) if t in eos_ids), len(new))
-                text = tok.decode(new[:cut], skip_special_tokens=True)
-                out[i] = _cut_at_stop(text, stop)
+                out[i] = text.answer(gen[b, width:].tolist(), stop)
         return out
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cuts = [text.find(s) for s in stop if s in text]
-    return text[:min(cuts)] if cuts else text
 
 
 def pad_batch(seqs, pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

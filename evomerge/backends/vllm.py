@@ -26,8 +26,8 @@ reload (`is_checkpoint_format=False`: each rank's tensors copied into its parame
 on CPU a linear layer's kernel format is a packed copy (oneDNN / sgl-kernel) and its weight parameter is emptied,
 so only the checkpoint format reaches every layer, on every device alike.
 
-The text side (tokenization, chat template, lm-eval-style context/continuation split) is the Hugging Face
-backend's own code, so both backends score identical token ids.
+The text side (tokenization, chat template, lm-eval-style context/continuation split, EOS and stop strings) is
+`evomerge/text.py`'s `Text`, the class the Hugging Face backend holds too, so both backends score identical token ids.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evomerge.backends.hf import HFBackend, Request, rolling_windows
+from evomerge.backends.hf import rolling_windows
+from evomerge.text import Request, Text
 
 EXTENSION = "evomerge.backends.vllm.MergeExtension"
 # The vLLM releases whose API this backend calls (`check_vllm`): `reload_weights(weights_iterator=...,
@@ -103,17 +104,12 @@ class MergeExtension:
 class VLLMBackend:
     """A running vLLM engine and the tokenizer of its model; `apply` swaps a candidate's weights in place."""
 
-    # The text side is the Hugging Face backend's, verbatim: same token ids, same context/continuation split.
-    tokens = HFBackend.tokens
-    encode = HFBackend.encode
-    encode_prompt = HFBackend.encode_prompt
-    chat = HFBackend.chat
-    chat_prompt = HFBackend.chat_prompt
-    _bos = HFBackend._bos
-
     def __init__(self, llm, tokenizer, eos_ids: set[int], max_model_len: int, merging: bool) -> None:
         self.llm, self.tokenizer, self.eos_ids = llm, tokenizer, eos_ids
         self.max_model_len, self.merging = max_model_len, merging
+        # The text side is the Hugging Face backend's class (evomerge/text.py): same token ids, same split. A
+        # scored prompt is the whole context + continuation, so the longest input is one less than the engine's.
+        self.text = Text(tokenizer, eos_ids, max(1, max_model_len - 1))
         self.ranks: list[dict[str, Any]] = []  # what each rank holds (`prepare`)
 
     @classmethod
@@ -204,7 +200,7 @@ class VLLMBackend:
 
     def rolling_requests(self, text: str, max_len: int | None = None) -> list[Request]:
         """A whole text as disjoint windows whose log-likelihoods sum to the text's (for bits per byte)."""
-        return rolling_windows(self.tokens(text), self._bos, max_len or min(self.max_model_len, 2048))
+        return rolling_windows(self.text.tokens(text), self.text.prefix_id, max_len or min(self.max_model_len, 2048))
 
     # ---- the model (per candidate) ----------------------------------------------------------------------------
 
@@ -242,14 +238,7 @@ class VLLMBackend:
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop) or None,
                                 include_stop_str_in_output=True)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        texts = []
-        for o in outputs:
-            ids = list(o.outputs[0].token_ids)
-            cut = next((j for j, t in enumerate(ids) if t in self.eos_ids), len(ids))
-            text = self.tokenizer.decode(ids[:cut], skip_special_tokens=True)
-            cuts = [text.find(s) for s in stop if s in text]
-            texts.append(text[:min(cuts)] if cuts else text)
-        return texts
+        return [self.text.answer(o.outputs[0].token_ids, stop) for o in outputs]
 
 
 def _default_max_len(path: str) -> int:
