@@ -4,9 +4,9 @@ Layout: `eval_sets/<name>/card.yaml` and `eval_sets/<name>/items.jsonl`. Every i
 (`dev`, `holdout`, or `fewshot`: examples only, never scored) plus the fields the card's prompt template uses.
 By kind:
 
-- `multiple_choice`: `choices` (strings) and `gold` (index). `form: cloze` scores each choice text as the
-  continuation; `form: letter` lists the choices as "A: ..." lines (template field `{options}`) and scores the
-  letters. Metrics: acc, acc_norm, acc_bytes, gold_prob (scorers.py).
+- `multiple_choice`: `choices` (strings) and `gold` (index; lm-eval's `label` or `answer` is read as `gold`).
+  `form: cloze` scores each choice text as the continuation; `form: letter` lists the choices as "A: ..." lines
+  (template field `{options}`) and scores the letters. Metrics: acc, acc_norm, acc_bytes, gold_prob (scorers.py).
 - `instruction`: `constraints` (verifiers.py) and optionally `language` (the expected response language, default
   the card's) and `reference` (a response that keeps every constraint; needed for few-shot examples, and checked
   by the tests for shipped sets). Metrics: prompt_acc, inst_acc, their loose forms, lang_acc.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -37,6 +38,10 @@ _CARD_KEYS = {"name", "language", "kind", "metric", "chat_template", "prompt", "
 _ORIGIN_KEYS = {"dataset", "config", "dev_split", "holdout_split", "split_by", "seed", "n_dev", "n_holdout",
                 "test_split"}
 _RESERVED = {"id", "split", "choices", "gold", "constraints", "language", "reference"}
+# lm-eval's placeholders ({{ field }}) and blocks ({% for ... %}), which str.format does not fill
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+# item keys read as `gold` when it is absent: lm-eval task files and HF datasets name the gold index so
+GOLD_ALIASES = ("label", "answer")
 
 # (dataset id, split) pairs that are a public benchmark's test data: optimizing on them and then reporting them is
 # test-set tuning. Belebele, IFEval and its translations publish only their evaluation split.
@@ -210,6 +215,13 @@ def parse_card(raw: Any, where: str) -> Card:
             raise UserError(f"{where}: {key}", f"must be {want.__name__}", "see eval_sets/ for examples")
     if kind != "perplexity" and "prompt" not in raw:
         raise UserError(f"{where}: prompt", "missing", 'a template over item fields, e.g. "{question}"')
+    jinja = _JINJA.search(raw.get("prompt", ""))
+    if jinja:  # str.format would print "{{question}}" as the literal "{question}": every item the same prompt
+        simple = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", jinja.group(0))
+        field_name = simple.group(1) if simple else "question"
+        raise UserError(f"{where}: prompt", f"{jinja.group(0)!r} is lm-eval's Jinja, not evomerge's placeholder",
+                        f"write {{{field_name}}}: one pair of braces around an item field (a lettered list of the "
+                        "choices is {options} with form: letter)")
     if raw.get("form", "cloze") not in FORMS:
         raise UserError(f"{where}: form", f"unknown form {raw['form']!r}", f"use one of {', '.join(FORMS)}")
     if raw.get("few_shot", 0) < 0 or raw.get("max_new_tokens", 1) < 1:
@@ -241,12 +253,15 @@ def parse_item(obj: Any, where: str, card: Card) -> Item:
     fields = {k: v for k, v in obj.items() if k not in _RESERVED}
     kw: dict[str, Any] = {}
     if card.kind == "multiple_choice":
-        choices, gold = obj.get("choices"), obj.get("gold")
+        choices, gold = obj.get("choices"), _gold(obj)
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
             raise UserError(f"{where}: choices", "must be a list of at least two non-empty strings",
                             "list the answer options")
         if card.form == "letter" and len(choices) > len(LETTERS):
             raise UserError(f"{where}: choices", "too many for letters", f"at most {len(LETTERS)}")
+        if gold is None:
+            raise UserError(f"{where}: gold", "missing", "the right choice's index (0-based); lm-eval's `label` or "
+                                                         "`answer` is read as gold when it is an index")
         if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
             raise UserError(f"{where}: gold", f"must index choices (0..{len(choices) - 1})", "fix the gold index")
         kw = {"choices": tuple(choices), "gold": gold}
@@ -271,6 +286,20 @@ def parse_item(obj: Any, where: str, card: Card) -> Item:
     except (KeyError, IndexError) as e:
         raise UserError(where, f"the card's prompt needs field {e}", "add the field to the item") from None
     return Item(str(obj["id"]), split, fields, **kw)
+
+
+def _gold(obj: Mapping[str, Any]) -> Any:
+    """An item's gold index: `gold`, else lm-eval's `label` or `answer` when it is an index (an int, or digits as
+    lm-eval's doc_to_target turns "2" into 2); None when there is none."""
+    if "gold" in obj:
+        return obj["gold"]
+    for key in GOLD_ALIASES:
+        value = obj.get(key)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def benchmark_test_reason(card: Card) -> str | None:

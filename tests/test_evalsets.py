@@ -80,6 +80,31 @@ def test_bad_cards_and_items_are_refused(tmp_path, card_patch, item_patch, where
     assert (where or "needs field 'q'") in str(e.value)
 
 
+@pytest.mark.parametrize("prompt,fix", [("Q: {{question}}\nA:", "write {question}"),
+                                        ("Q: {{ q }}", "write {q}"),
+                                        ("{q}\n{% for c in choices %}{{c}}\n{% endfor %}", "{options}")])
+def test_lm_eval_jinja_prompts_are_refused_with_the_fix(tmp_path, prompt, fix):
+    with pytest.raises(UserError) as e:
+        load_evalset(_write(tmp_path / "s", {**MC_CARD, "prompt": prompt}, _mc_items()))
+    message = str(e.value)
+    assert "card.yaml: prompt" in message and "lm-eval's Jinja" in message and fix in message
+    assert "\n" not in message  # one line
+
+
+def test_lm_eval_label_or_answer_is_read_as_gold(tmp_path):
+    items = _mc_items()
+    for k, it in enumerate(items):
+        it[("label", "answer", "label")[k % 3]] = str(it.pop("gold")) if k == 1 else it.pop("gold")
+    es = load_evalset(_write(tmp_path / "s", MC_CARD, items))
+    assert [it.gold for it in es.items] == [k % 3 for k in range(len(items))]
+    del items[0]["label"]
+    with pytest.raises(UserError, match=r"items.jsonl:1: gold: missing .*`label`"):
+        load_evalset(_write(tmp_path / "t", MC_CARD, items))
+    items[0]["label"] = "first"  # not an index: named as missing
+    with pytest.raises(UserError, match="gold: missing"):
+        load_evalset(_write(tmp_path / "u", MC_CARD, items))
+
+
 def test_duplicate_ids_and_bad_constraints_are_refused(tmp_path):
     items = _mc_items()
     items[1]["id"] = items[0]["id"]
