@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="scoring backend: hf, vllm (merges a recipe in memory) or auto (default: vllm with a GPU "
                         "and vllm installed, else hf)")
     v.add_argument("--json", action="store_true", help="print JSON")
+    v.add_argument("--per-item", type=Path, metavar="FILE.jsonl",
+                   help="also write one JSON line per item: set, id, prompt, each choice's log-likelihood, chosen and "
+                        "gold (or the response and each constraint's verdict), correct")
 
     es = sub.add_parser("evalset", help="eval-set tools")
     essub = es.add_subparsers(dest="evalset_command", required=True, metavar="SUBCOMMAND")
@@ -237,8 +240,16 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.model.is_dir():
             check_weights(str(args.model))  # name a corrupt weight file before the backend trips over it
+        if args.per_item is not None and not args.per_item.parent.is_dir():
+            raise UserError("--per-item", f"no directory {args.per_item.parent}", "create it, or write elsewhere")
+        records: list | None = [] if args.per_item is not None else None
         scores = score_target(args.model, [str(p) for p in args.eval_set], args.split, args.max_items, args.seed,
-                              args.device, args.dtype, args.batch_size, backend=args.backend)
+                              args.device, args.dtype, args.batch_size, backend=args.backend, records=records)
+        if records is not None:
+            from evomerge.atomic import write_atomic
+
+            write_atomic(args.per_item, "".join(json.dumps(r) + "\n" for r in records))
+            print(f"per-item results: {args.per_item} ({len(records)} items)", file=sys.stderr)
         print(json.dumps({k: v.as_dict() for k, v in scores.items()}, indent=2) if args.json else format_scores(scores))
     elif args.command == "evalset":
         from evomerge.evalsources import PullOptions, pull

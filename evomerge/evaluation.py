@@ -15,8 +15,8 @@ from typing import Mapping, Sequence, Union
 from evomerge.backends.hf import HFBackend, Request
 from evomerge.errors import UserError
 from evomerge.evalsets import EvalSet, Item, load_evalset
-from evomerge.scorers import (SetScores, Verdict, instruction_items, multiple_choice_items, score_instructions,
-                              score_multiple_choice, score_perplexity)
+from evomerge.scorers import (SetScores, Verdict, instruction_items, multiple_choice_items, multiple_choice_picks,
+                              score_instructions, score_multiple_choice, score_perplexity)
 from evomerge.verifiers import Constraint, check, check_loose
 
 
@@ -30,6 +30,8 @@ class ChoiceSet:
     offsets: tuple[int, ...]
     golds: tuple[int, ...]
     choices: tuple[tuple[str, ...], ...]  # the scored strings (choice texts or letters), for acc_norm / acc_bytes
+    item_ids: tuple[str, ...] = ()  # for per-item records
+    contexts: tuple[str, ...] = ()  # each item's text before the choices (few-shot, chat template, prompt)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class TextSet:
     requests: tuple[Request, ...]
     offsets: tuple[int, ...]
     texts: tuple[str, ...]
+    item_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class GenerationSet:
     languages: tuple[str, ...]
     max_new_tokens: int
     stop: tuple[str, ...]
+    item_ids: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()  # each prompt's text
 
 
 PreparedSet = Union[ChoiceSet, TextSet, GenerationSet]
@@ -82,15 +87,17 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
     items = evalset.select(split, max_items, seed)
     if card.kind == "multiple_choice":
         requests: list[Request] = []
-        offsets, golds, choices = [0], [], []
+        offsets, golds, choices, contexts = [0], [], [], []
         for item in items:
             context = context_text(backend, evalset, item, seed)
+            contexts.append(context)
             conts = item.continuations(card)
             requests += [backend.text.encode(context, card.target_delimiter + c) for c in conts]
             offsets.append(len(requests))
             golds.append(item.gold)
             choices.append(conts)
-        return ChoiceSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(golds), tuple(choices))
+        return ChoiceSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(golds), tuple(choices),
+                         tuple(it.id for it in items), tuple(contexts))
     if card.kind == "perplexity":
         requests, offsets, texts = [], [0], []
         for item in items:
@@ -98,16 +105,19 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
             requests += backend.rolling_requests(text)
             offsets.append(len(requests))
             texts.append(text)
-        return TextSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(texts))
+        return TextSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(texts),
+                       tuple(it.id for it in items))
     from evomerge.language_id import known_languages
 
     unknown = sorted({it.language for it in items} - known_languages())
     if unknown:
         raise UserError(evalset.path, f"the language identifier does not know {unknown[0]!r}",
                         "use an ISO 639-1 code such as eu, ca, gl, es, en")
-    prompts = tuple(backend.text.encode_prompt(context_text(backend, evalset, item, seed)) for item in items)
+    contexts = tuple(context_text(backend, evalset, item, seed) for item in items)
+    prompts = tuple(backend.text.encode_prompt(c) for c in contexts)
     return GenerationSet(evalset.name, card.metric, prompts, tuple(it.constraints for it in items),
-                         tuple(it.language for it in items), card.max_new_tokens, card.stop)
+                         tuple(it.language for it in items), card.max_new_tokens, card.stop,
+                         tuple(it.id for it in items), contexts)
 
 
 def verdict(response: str, constraints: Sequence[Constraint], language: str) -> Verdict:
@@ -118,56 +128,111 @@ def verdict(response: str, constraints: Sequence[Constraint], language: str) -> 
                    tuple(check_loose(c, response) for c in constraints), is_language(response, language))
 
 
+def _outputs(backend: HFBackend, p: PreparedSet) -> list:
+    """What the model gives for one prepared set with the current weights: each request's log-likelihood, or
+    each prompt's response."""
+    if isinstance(p, GenerationSet):
+        return backend.generate(p.prompts, p.max_new_tokens, p.stop)
+    return backend.loglikelihoods(p.requests)
+
+
+def _per_item(p: ChoiceSet | TextSet, lls: Sequence[float]) -> list[list[float]]:
+    return [list(lls[a:b]) for a, b in zip(p.offsets[:-1], p.offsets[1:])]
+
+
+def _scored(p: PreparedSet, outputs: list) -> tuple[SetScores, dict[str, list[float]], list]:
+    """(scores, each item's values of the metrics that are means over items, per-item outputs: choice
+    log-likelihoods, text log-likelihoods or verdicts) from the model's outputs."""
+    if isinstance(p, ChoiceSet):
+        per_item = _per_item(p, outputs)
+        return (score_multiple_choice(per_item, p.golds, p.choices), multiple_choice_items(per_item, p.golds),
+                per_item)
+    if isinstance(p, TextSet):
+        totals = [sum(x) for x in _per_item(p, outputs)]
+        return score_perplexity(totals, p.texts), {}, totals
+    verdicts = [verdict(r, c, lang) for r, c, lang in zip(outputs, p.constraints, p.languages)]
+    return score_instructions(verdicts), instruction_items(verdicts), verdicts
+
+
 def score_set(backend: HFBackend, p: PreparedSet) -> SetScores:
     """Score one prepared set with the backend's current weights."""
-    if isinstance(p, ChoiceSet):
-        lls = backend.loglikelihoods(p.requests)
-        per_item = [lls[a:b] for a, b in zip(p.offsets[:-1], p.offsets[1:])]
-        return score_multiple_choice(per_item, p.golds, p.choices)
-    if isinstance(p, TextSet):
-        lls = backend.loglikelihoods(p.requests)
-        return score_perplexity([sum(lls[a:b]) for a, b in zip(p.offsets[:-1], p.offsets[1:])], p.texts)
-    responses = backend.generate(p.prompts, p.max_new_tokens, p.stop)
-    return score_instructions([verdict(r, c, lang) for r, c, lang in zip(responses, p.constraints, p.languages)])
+    return _scored(p, _outputs(backend, p))[0]
 
 
 def score_set_items(backend: HFBackend, p: PreparedSet) -> tuple[SetScores, dict[str, list[float]]]:
     """`score_set` plus each item's value of the metrics that are means over items (none for perplexity sets,
     whose metrics are corpus ratios): what a paired bootstrap of two models on the same items needs."""
+    scores, items, _ = _scored(p, _outputs(backend, p))
+    return scores, items
+
+
+def score_set_records(backend: HFBackend, p: PreparedSet) -> tuple[SetScores, list[dict]]:
+    """`score_set` plus one JSON-ready record per item, to audit a score (`evomerge eval --per-item`): its id and
+    the text it was scored after; for multiple choice each scored string's log-likelihood, the choice acc and
+    acc_norm pick, gold and gold_prob; for instructions the response and each constraint's strict and loose
+    verdict; for perplexity the text's log-likelihood (nats) and bytes."""
+    outputs = _outputs(backend, p)
+    scores, values, per_item = _scored(p, outputs)
+    records: list[dict] = []
     if isinstance(p, ChoiceSet):
-        lls = backend.loglikelihoods(p.requests)
-        per_item = [lls[a:b] for a, b in zip(p.offsets[:-1], p.offsets[1:])]
-        return score_multiple_choice(per_item, p.golds, p.choices), multiple_choice_items(per_item, p.golds)
-    if isinstance(p, GenerationSet):
-        responses = backend.generate(p.prompts, p.max_new_tokens, p.stop)
-        verdicts = [verdict(r, c, lang) for r, c, lang in zip(responses, p.constraints, p.languages)]
-        return score_instructions(verdicts), instruction_items(verdicts)
-    return score_set(backend, p), {}
+        picks = multiple_choice_picks(per_item, p.choices)
+        for k, (lls, gold) in enumerate(zip(per_item, p.golds)):
+            chosen, chosen_norm = picks[k]
+            records.append({"set": p.name, "id": _at(p.item_ids, k), "prompt": _at(p.contexts, k),
+                            "choices": list(p.choices[k]), "loglikelihoods": lls, "gold": gold, "chosen": chosen,
+                            "chosen_norm": chosen_norm, "correct": chosen == gold, "correct_norm": chosen_norm == gold,
+                            "gold_prob": values["gold_prob"][k]})
+    elif isinstance(p, TextSet):
+        for k, (text, ll) in enumerate(zip(p.texts, per_item)):
+            records.append({"set": p.name, "id": _at(p.item_ids, k), "text": text, "loglikelihood": ll,
+                            "bytes": len(text.encode("utf-8"))})
+    else:
+        for k, (response, v) in enumerate(zip(outputs, per_item)):
+            records.append({"set": p.name, "id": _at(p.item_ids, k), "prompt": _at(p.contexts, k),
+                            "response": response, "language": p.languages[k], "language_ok": v.language_ok,
+                            "constraints": [{**c.to_json(), "strict": s, "loose": lo}
+                                            for c, s, lo in zip(p.constraints[k], v.strict, v.loose)],
+                            "correct": all(v.strict), "correct_loose": all(v.loose)})
+    return scores, records
 
 
-def score(backend: HFBackend, prepared: Sequence[PreparedSet]) -> dict[str, SetScores]:
-    """Score every prepared set with the backend's current weights."""
-    return {p.name: score_set(backend, p) for p in prepared}
+def _at(values: Sequence[str], k: int) -> str | None:
+    return values[k] if k < len(values) else None
+
+
+def score(backend: HFBackend, prepared: Sequence[PreparedSet],
+          records: list[dict] | None = None) -> dict[str, SetScores]:
+    """Score every prepared set with the backend's current weights; with a `records` list, each item's record
+    (`score_set_records`) is appended to it."""
+    if records is None:
+        return {p.name: score_set(backend, p) for p in prepared}
+    out = {}
+    for p in prepared:
+        out[p.name], rows = score_set_records(backend, p)
+        records += rows
+    return out
 
 
 def score_model_dir(model_dir: str, eval_sets: Sequence[str], split: str = "dev", max_items: int | None = None,
-                    seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                    batch_size: int = 32) -> dict[str, SetScores]:
-    """Score a model directory on eval sets (what `evomerge eval` runs), the same way a worker scores."""
+                    seed: int = 0, device: str = "cpu", dtype: str = "float32", batch_size: int = 32,
+                    records: list[dict] | None = None) -> dict[str, SetScores]:
+    """Score a model directory on eval sets (what `evomerge eval` runs), the same way a worker scores; with a
+    `records` list, one record per item is appended to it (`score_set_records`)."""
     import torch
 
     sets = [load_evalset(p) for p in eval_sets]  # validate before the (slow) model load
     backend = HFBackend.load(model_dir, dtype=getattr(torch, dtype), device=device, batch_size=batch_size)
     prepared = [prepare(backend, es, split, max_items, seed) for es in sets]
-    return score(backend, prepared)
+    return score(backend, prepared, records)
 
 
 def score_target(target: str | Path, eval_sets: Sequence[str], split: str = "dev", max_items: int | None = None,
                  seed: int = 0, device: str = "cpu", dtype: str = "float32", batch_size: int = 32,
-                 backend: str = "hf") -> dict[str, SetScores]:
+                 backend: str = "hf", records: list[dict] | None = None) -> dict[str, SetScores]:
     """`evomerge eval`: score a model directory or a mergekit recipe YAML with backend `backend` (auto, hf or
     vllm; said on stderr unless hf was asked for). The Hugging Face backend merges a recipe into a temporary
-    directory first; vLLM scores a directory as it is and merges a recipe in memory inside its engine."""
+    directory first; vLLM scores a directory as it is and merges a recipe in memory inside its engine. With a
+    `records` list, one record per item is appended to it (`score_set_records`)."""
     sets = [load_evalset(p) for p in eval_sets]  # bad input fails here, before anything is started
     target = Path(target)
     if not target.is_dir() and (target.suffix not in (".yaml", ".yml") or not target.is_file()):
@@ -182,9 +247,9 @@ def score_target(target: str | Path, eval_sets: Sequence[str], split: str = "dev
         print(choice, file=sys.stderr)
         if choice.name == "vllm":
             engine = _vllm_engine(target, dtype, machine)
-            return score(engine, [prepare(engine, es, split, max_items, seed) for es in sets])
+            return score(engine, [prepare(engine, es, split, max_items, seed) for es in sets], records)
     if target.is_dir():
-        return score_model_dir(str(target), eval_sets, split, max_items, seed, device, dtype, batch_size)
+        return score_model_dir(str(target), eval_sets, split, max_items, seed, device, dtype, batch_size, records)
     from evomerge.merge import merge_to_disk
     from evomerge.recipe import load_recipe_yaml
 
@@ -192,7 +257,7 @@ def score_target(target: str | Path, eval_sets: Sequence[str], split: str = "dev
     with tempfile.TemporaryDirectory(prefix="evomerge-eval-") as tmp:
         merge_to_disk(recipe, Path(tmp) / "model")
         return score_model_dir(str(Path(tmp) / "model"), eval_sets, split, max_items, seed, device, dtype,
-                               batch_size)
+                               batch_size, records)
 
 
 def _vllm_engine(target: Path, dtype: str, machine):

@@ -85,6 +85,13 @@ def multiple_choice_items(logprobs: Sequence[Sequence[float]], golds: Sequence[i
             "gold_prob": [choice_probs(lp)[g] for lp, g in zip(logprobs, golds)]}
 
 
+def multiple_choice_picks(logprobs: Sequence[Sequence[float]],
+                          choices: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
+    """Each item's picked choice under `acc` (highest log-likelihood) and under `acc_norm` (highest log-likelihood
+    per character), with `score_multiple_choice`'s rules (ties to the first)."""
+    return [(_argmax(lp), _argmax([x / len(c) for x, c in zip(lp, cs)])) for lp, cs in zip(logprobs, choices)]
+
+
 def count_words_whitespace(text: str) -> int:
     """Words as lm-eval-harness counts them for word perplexity: pieces between runs of whitespace."""
     return len(re.split(r"\s+", text))

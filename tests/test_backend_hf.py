@@ -297,3 +297,37 @@ def test_bf16_scoring_is_within_bf16_rounding_of_float32(miniature):
     for xb in ("0.5", "[0.0, 1.5, 0.5, 2.0]"):
         assert per_token(lls["bfloat16", xb], lls["float32", xb]) < 0.1
     assert per_token(lls["float32", "0.5"], lls["float32", "[0.0, 1.5, 0.5, 2.0]"]) > 0.3
+
+
+def test_eval_per_item_writes_one_auditable_line_per_item(lm_dir, backend, tmp_path, capsys):
+    """`evomerge eval --per-item`: every item's line holds what its score came from; the lines average to the
+    printed metrics and their log-likelihoods are the backend's for the same prompts."""
+    from evomerge.cli import main
+
+    mc = _write(tmp_path / "mc", {"name": "mc", "language": "xx", "kind": "multiple_choice", "metric": "acc",
+                                  "prompt": "{question}\n{options}\nAnswer:", "form": "letter"}, _mc_items())
+    ins = _write(tmp_path / "ins", {"name": "ins", "language": "es", "kind": "instruction", "metric": "prompt_acc",
+                                    "prompt": "{prompt}", "chat_template": True, "max_new_tokens": 8},
+                 [{"id": 1, "split": "dev", "prompt": "Di hola.", "constraints": [{"type": "words", "max": 100}]},
+                  {"id": 2, "split": "dev", "prompt": "Di adiós.",
+                   "constraints": [{"type": "json"}, {"type": "no_commas"}]}])
+    out = tmp_path / "items.jsonl"
+    assert main(["eval", str(lm_dir), "--eval-set", str(mc), "--eval-set", str(ins), "--json", "--backend", "hf",
+                 "--per-item", str(out)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    choice = [x for x in lines if x["set"] == "mc"]
+    inst = [x for x in lines if x["set"] == "ins"]
+    assert [x["id"] for x in choice] == ["q0", "q1", "q2", "q3", "q4"] and [x["id"] for x in inst] == ["1", "2"]
+    assert sum(x["correct"] for x in choice) / 5 == pytest.approx(scores["mc"]["acc"])
+    assert sum(x["correct_norm"] for x in choice) / 5 == pytest.approx(scores["mc"]["acc_norm"])
+    assert sum(x["gold_prob"] for x in choice) / 5 == pytest.approx(scores["mc"]["gold_prob"])
+    for x in choice:
+        assert x["choices"] == ["A", "B", "C"] and "\nC: " in x["prompt"] and x["prompt"].endswith("\nAnswer:")
+        lls = [plain_loglik(backend, x["prompt"], " " + c) for c in x["choices"]]
+        assert x["loglikelihoods"] == pytest.approx(lls, abs=1e-4)
+        assert x["chosen"] == max(range(3), key=lambda i: (lls[i], -i)) and x["correct"] == (x["chosen"] == x["gold"])
+    assert sum(x["correct"] for x in inst) / 2 == pytest.approx(scores["ins"]["prompt_acc"])
+    assert [len(x["constraints"]) for x in inst] == [1, 2]
+    assert inst[1]["constraints"][0]["type"] == "json" and isinstance(inst[1]["response"], str)
+    assert all(x["correct"] == all(c["strict"] for c in x["constraints"]) for x in inst)
