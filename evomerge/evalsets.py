@@ -226,6 +226,9 @@ def parse_card(raw: Any, where: str) -> Card:
         raise UserError(f"{where}: form", f"unknown form {raw['form']!r}", f"use one of {', '.join(FORMS)}")
     if raw.get("few_shot", 0) < 0 or raw.get("max_new_tokens", 1) < 1:
         raise UserError(f"{where}: few_shot/max_new_tokens", "out of range", "few_shot >= 0, max_new_tokens >= 1")
+    if kind == "multiple_choice" and raw.get("form") == "letter" and "{options}" not in raw["prompt"]:
+        raise UserError(f"{where}: prompt", "form: letter scores the letters A, B, ... but the prompt never lists "
+                        "them", 'add {options} (the "A: choice" lines), e.g. "{question}\n{options}\nAnswer:"')
     if kind == "perplexity" and (raw.get("chat_template") or raw.get("few_shot")):
         raise UserError(f"{where}: chat_template", "perplexity sets score raw text",
                         "set chat_template: false and few_shot: 0")

@@ -62,6 +62,7 @@ def _mc_items(n: int = 6) -> list[dict]:
     ({"kind": "essay"}, {}, "kind"),
     ({"metric": "bits_per_byte"}, {}, "metric"),
     ({"form": "emoji"}, {}, "form"),
+    ({"form": "letter"}, {}, "prompt: form: letter scores the letters"),
     ({"few_shot": -1}, {}, "few_shot"),
     ({"chat_template": "yes"}, {}, "chat_template"),
     ({"origin": {"datset": "x"}}, {}, "origin.datset"),
