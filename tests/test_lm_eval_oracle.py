@@ -134,3 +134,28 @@ def test_a_chat_prompt_that_writes_bos_equals_lm_eval(model):
     theirs = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
     ours = backend.loglikelihoods(requests)
     assert max(abs(a - float(b[0])) for a, b in zip(ours, theirs)) < TOL
+
+
+def test_the_eval_command_per_item_equals_lm_eval(model, data, lm_eval_run, tmp_path, capsys):
+    """End to end: `evomerge eval --per-item` on the model directory, against lm-eval's samples item by item."""
+    from evomerge.cli import main
+
+    path, _, _, _ = model
+    prompt, _, form, _ = FORMS["letter"]
+    card = {"name": "letter", "language": "xx", "kind": "multiple_choice", "metric": "acc", "prompt": prompt,
+            "form": form}
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "card.yaml").write_text(yaml.safe_dump(card, allow_unicode=True))
+    (tmp_path / "set" / "items.jsonl").write_text((data / "items.jsonl").read_text())
+    out = tmp_path / "per_item.jsonl"
+    assert main(["eval", str(path), "--eval-set", str(tmp_path / "set"), "--backend", "hf", "--json",
+                 "--per-item", str(out)]) == 0
+    scores = json.loads(capsys.readouterr().out)["letter"]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    samples = sorted(lm_eval_run["samples"]["oracle_letter"], key=lambda s: s["doc_id"])
+    assert [x["id"] for x in lines] == [f"q{k}" for k in range(len(ROWS))]
+    for x, s in zip(lines, samples):
+        assert x["loglikelihoods"] == pytest.approx([float(r[0]) for r in s["filtered_resps"]], abs=TOL)
+        assert (x["correct"], x["correct_norm"]) == (bool(s["acc"]), bool(s["acc_norm"]))
+    result = lm_eval_run["results"]["oracle_letter"]
+    assert (scores["acc"], scores["acc_norm"]) == pytest.approx((result["acc,none"], result["acc_norm,none"]))
