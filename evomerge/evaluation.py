@@ -114,7 +114,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
         raise UserError(evalset.path, f"the language identifier does not know {unknown[0]!r}",
                         "use an ISO 639-1 code such as eu, ca, gl, es, en")
     contexts = tuple(context_text(backend, evalset, item, seed) for item in items)
-    prompts = tuple(backend.text.encode_prompt(c) for c in contexts)
+    prompts = tuple(backend.text.encode_prompt(c, card.max_new_tokens) for c in contexts)
     return GenerationSet(evalset.name, card.metric, prompts, tuple(it.constraints for it in items),
                          tuple(it.language for it in items), card.max_new_tokens, card.stop,
                          tuple(it.id for it in items), contexts)

@@ -10,7 +10,8 @@ and the left truncation in `HFLM._loglikelihood_tokens`), so that a score here i
 - A context's trailing whitespace moves to the start of its continuation ("Answer: " + "B" is scored as
   "Answer:" + " B"); the pair is encoded whole and the context's own encoding is split off by its length.
 - An empty context is the prefix token (BOS, else EOS) alone.
-- Context + continuation longer than the model's length keeps its last `max_len + 1` tokens (left truncation).
+- Context + continuation longer than the model's length keeps its last `max_len + 1` tokens (left truncation); a
+  generation prompt keeps its last `max_len - max_new_tokens`.
 
 Only a tokenizer is needed (no model): the HF backend and the vLLM backend each hold one `Text`.
 """
@@ -86,9 +87,14 @@ class Text:
         seq = (ctx_ids + cont_ids)[-(self.max_len + 1):]  # left truncation, as lm-eval's _loglikelihood_tokens
         return Request(tuple(seq[:len(seq) - len(cont_ids)]), tuple(cont_ids))
 
-    def encode_prompt(self, text: str) -> tuple[int, ...]:
-        """A generation prompt's token ids, encoded like a context (the prefix token when the text is empty)."""
-        return tuple(self.encode_text(text)) if text else (self.prefix_id,)
+    def encode_prompt(self, text: str, max_new_tokens: int = 0) -> tuple[int, ...]:
+        """A generation prompt's token ids, encoded like a context (the prefix token when the text is empty), its
+        last `max_len - max_new_tokens` tokens when longer (lm-eval's left truncation in `generate_until`), so
+        that prompt and answer fit the model (an answer as long as the model's length leaves the prompt its last
+        `max_len`: a prompt is never cut to nothing)."""
+        ids = self.encode_text(text) if text else [self.prefix_id]
+        keep = self.max_len - max_new_tokens if max_new_tokens < self.max_len else self.max_len
+        return tuple(ids[-keep:])
 
     # ---- chat template ----------------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ def test_context_and_continuation_are_left_truncated_to_the_model_length():
     assert r == Request(ids(short, "fgh"), ids(short, " xy"))  # 3 + 3 = max_len + 1 tokens: BOS and "abcde" cut
     with pytest.raises(UserError, match="longer than the model's 5"):
         short.encode("a", " abcdefgh")
+    assert short.encode_prompt("abcdefgh", max_new_tokens=2) == ids(short, "fgh")  # prompt + answer fit max_len
 
 
 def test_answer_stops_at_eos_and_before_the_first_stop_string():
