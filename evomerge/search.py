@@ -120,7 +120,8 @@ def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
     n_layers = check_configs(space).n_layers
     genome = Genome(tuple(space.expand(n_layers)))
     objs, _, _ = load_objectives(space, opts.allow_test_splits)
-    choice, memory = plan_for_space(opts.backend, space, n_layers, opts.workers)
+    choice, memory = plan_for_space(opts.backend, space, n_layers, opts.workers,
+                                    tensor_parallel=opts.tensor_parallel)
     popsize = opts.popsize or space.search.popsize
     generations = opts.generations or space.search.generations
     return "\n".join([f"{space_path}: {len(genome.genes)} dimensions, {n_layers} layers, {space.method} "
