@@ -284,7 +284,8 @@ def _cpu_plan(backend, size, source_copies, host, host_bytes, workers, tp, max_m
     reason = (f"{_gib(need)} of {_gib(host)} ({workers} worker(s) share {_gib(host_bytes)} of RAM)" if fits
               else f"a worker needs {_gib(need)} of RAM (largest: {largest[0]} {_gib(largest[1])}), its share is "
                    f"{_gib(host)} ({workers} worker(s) share {_gib(host_bytes)})")
-    hint = "" if fits else "use fewer --workers, a smaller dtype, or a GPU"
+    hint = "" if fits else ("use fewer --workers, a smaller dtype, or a GPU" + (
+        f"; or a shorter search.max_model_len than {max_model_len}" if max_model_len > 4096 else ""))
     return MemoryPlan(backend, "cpu", host, host, tp, tuple(items), (), "device", kv, max_model_len,
                       batch_tokens, fits, reason, hint)
 

@@ -37,6 +37,26 @@ def test_more_workers_than_cores_exits_2_in_one_line(miniature, tmp_path):
     assert not (runs / "many").exists()  # refused before the run directory is made: the same name can be reused
 
 
+def test_a_memory_plan_that_cannot_fit_exits_2_in_one_line(miniature, tmp_path):
+    """A plan refused before anything starts: one worker that must hold a 50-million-token scoring batch (its
+    logits and activations), far more than this machine's RAM."""
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=1, max_items=4)
+    cfg = yaml.safe_load(space.read_text())
+    cfg["search"]["max_model_len"] = 50_000_000
+    space.write_text(yaml.safe_dump(cfg))
+    runs = tmp_path / "runs"
+    r = _cli("search", str(space), "--name", "big", "--runs-dir", str(runs), "--workers", "1", "--backend", "hf",
+             "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("evomerge: error: memory plan: does not fit: a worker needs"), lines[0]
+    assert "largest: " in lines[0] and "search.max_model_len" in lines[0]
+    assert not (runs / "big").exists()
+    dry = _cli("search", str(space), "--workers", "1", "--backend", "hf", "--dry-run")  # the plan, item by item
+    assert dry.returncode == 0 and "DOES NOT FIT" in dry.stdout and "logits" in dry.stdout, dry.stdout + dry.stderr
+
+
 def test_a_worker_that_cannot_start_stops_the_run_with_its_cause(miniature, tmp_path):
     """The instruct model's tokenizer is damaged: the driver never loads it (configs and weight headers are fine),
     every worker fails in `start`. The worker is started twice, then the run stops in one line naming the cause
