@@ -38,9 +38,10 @@ def test_a_worker_killed_mid_candidate_is_replaced_and_the_run_completes(miniatu
     assert len(trials) == 4  # the retry finished the trial opened at hand-over; no second trial
     killed = next(t for t in trials if t.number == KILLED)
     assert killed.state == optuna.trial.TrialState.COMPLETE and killed.user_attrs["worker"].startswith("worker-")
-    # each worker's output has its own file, the replacement's too; every trial names the log of its worker
+    # each worker's output has its own file, the replacement's too once it has started (the run may end before it
+    # does: the surviving worker can finish the retried candidate first); every trial names the log of its worker
     logs = sorted(p.name for p in (runs / "faults" / "workers").glob("*.log"))
-    assert logs == ["worker-0.log", "worker-1.log", "worker-2.log"]
+    assert logs in (["worker-0.log", "worker-1.log"], ["worker-0.log", "worker-1.log", "worker-2.log"]), logs
     for t in trials:
         assert t.user_attrs["worker_log"] == str(runs / "faults" / "workers" / f"{t.user_attrs['worker']}.log")
 
