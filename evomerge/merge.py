@@ -402,8 +402,12 @@ class ResidentMerge:
         buffers (made on the first candidate, never per candidate): the consumer must be done with a layer's
         tensors before it takes those of the layer after next, as vLLM's reload_weights is (it loads a layer as
         soon as all its tensors are in), and with the others before the next candidate. With a shard, only this
-        rank's slice of each sliced tensor is merged (the rest is NaN)."""
+        rank's slice of each sliced tensor is merged (the rest is NaN). The recipe is checked here, before the
+        first tensor is asked for, so a consumer never gets part of a candidate it cannot serve."""
         self.check(recipe)
+        return self._stream(recipe)
+
+    def _stream(self, recipe: Recipe) -> Iterator[tuple[str, torch.Tensor]]:
         for name, (base, prepared) in self._prepared.items():
             out = self._buffers.get(self._slots[name])
             if out is None:

@@ -202,8 +202,8 @@ class RayPool:
                 raise UserError("--address", f"cannot join the Ray cluster ({e})",
                                 "check the address, or drop --address") from None
             raise UserError("ray", f"cannot start a local Ray instance ({e})",
-                            "check that /tmp/ray is writable and has space, or pass --address of a running cluster"
-                            ) from None
+                            f"check that Ray's temporary directory ({_ray_tmpdir()}) is writable and has space, "
+                            "or pass --address of a running cluster") from None
         self.ray = ray
 
     def _probe_worker_node(self) -> Machine:
@@ -367,3 +367,10 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     head = text[0].strip() if text else ""
     return f"{type(e).__name__}: {head}" if head else type(e).__name__
+
+
+def _ray_tmpdir() -> str:
+    """Where a local Ray keeps its session files: RAY_TMPDIR, else `ray` under the system's temporary directory."""
+    import tempfile
+
+    return os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "ray")

@@ -93,8 +93,7 @@ class MergeExtension:
         from evomerge.recipe import Recipe
 
         candidate = Recipe.from_mergekit(dict(recipe))
-        self.evomerge_resident.check(candidate)  # a candidate it cannot serve fails before the reload begins
-        weights = self.evomerge_resident.merged(candidate)
+        weights = self.evomerge_resident.merged(candidate)  # checked here: a bad candidate fails before the reload
         with torch.inference_mode():
             # Worker.reload_weights: vLLM's public in-place reload, in checkpoint format (names, unfused, whole
             # shapes); each rank's loader reads its own slice, the only part this rank merged.
