@@ -185,9 +185,9 @@ def evomerge_command() -> str:
 
 
 def uniform_space_data(space_path: Path, space: Any) -> dict[str, Any]:
-    """The quickstart space with its genes replaced by one global weight gene per language model (the grid's
-    merge, base + 1.0 (instruct - base) + w (lang - base), with w free), every relative path made absolute so the
-    file can live in the run directory. Bounds, init and step are those of the model's first weight gene."""
+    """The quickstart space with its genes replaced by its uniform view (`Space.uniform_genes`: one global gene per
+    model and parameter; the miniature's is the grid's merge, base + 1.0 (instruct - base) + w (lang - base), with w
+    free), every relative path made absolute so the file can live in the run directory."""
     from evomerge.yamlfile import load_yaml
 
     data = load_yaml(space_path, "a search-space YAML file")
@@ -203,22 +203,20 @@ def uniform_space_data(space_path: Path, space: Any) -> dict[str, Any]:
         s["path"] = absolute(s["path"])
     if isinstance(data.get("build"), dict) and "miniature" in data["build"]:
         data["build"]["miniature"] = absolute(data["build"]["miniature"])
-    genes = []
-    for m in space.models:
-        if m.role != "language":
-            continue
-        spec = next((g for g in space.genes if g.parameter == "weight" and m.name in g.models), None)
-        if spec is None:
-            raise UserError(str(space_path), f"no weight gene for the language model {m.name!r}",
-                            "the quickstart's uniform baseline searches the language model's weight")
-        genes.append({"name": f"w_{m.name}", "parameter": "weight", "model": m.name, "granularity": "global",
-                      "low": spec.low, "high": spec.high, "init": spec.init, "step": spec.step})
+    uniform = space.uniform_genes()
+    if not any(g.parameter == "weight" and space.model(m).role == "language" for g in uniform for m in g.models):
+        raise UserError(str(space_path), "no weight gene for a language model",
+                        "the quickstart's uniform baseline searches the language model's weight")
+    fixed = data.get("merge", {}).get("fixed") or {}
+    for g in uniform:
         # a global gene covers every tensor of its model (the grid's merge): a fixed value for it would overlap
-        fixed = data.get("merge", {}).get("fixed") or {}
-        fixed.get(m.name, {}).pop("weight", None)
-        if m.name in fixed and not fixed[m.name]:
-            del fixed[m.name]
-    data["genes"] = genes
+        for m in g.models:
+            fixed.get(m, {}).pop(g.parameter, None)
+            if m in fixed and not fixed[m]:
+                del fixed[m]
+    data["genes"] = [{"name": g.name, "parameter": g.parameter, **({"models": list(g.models)} if g.models else {}),
+                      "granularity": "global", "low": g.low, "high": g.high, "init": g.init, "step": g.step}
+                     for g in uniform]
     data.pop("seeds", None)
     return data
 

@@ -23,7 +23,10 @@ Schema (every shipped file in search_spaces/ is an example):
                pipeline?: true (ask the next generation as soon as this one is dispatched: no worker waits for a
                generation's last candidate; false: a barrier at each generation's end),
                tensor_parallel?: N (vLLM ranks, i.e. GPUs, per worker; default: the smallest that fits),
-               max_model_len?: N (longest prompt + answer; default the model's, at most 4096)}
+               max_model_len?: N (longest prompt + answer; default the model's, at most 4096),
+               coarse_to_fine?: true | {uniform_share?: F} (first search the uniform view, `Space.uniform_genes`,
+               for a share F of the generations (default 1/3), then the space's own genes seeded with its best
+               points; stages.py)}
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -186,6 +189,7 @@ class SearchSettings:
     pipeline: bool = True  # dispatch generation g+1 while g's last candidates finish (no barrier; search.py)
     tensor_parallel: int | None = None  # vLLM ranks (GPUs) per worker; None: the smallest that fits (memplan.py)
     max_model_len: int | None = None  # longest prompt + answer the engine serves (None: the model's, at most 4096)
+    coarse_to_fine: float | None = None  # share of the generations for the uniform stage (None: one stage; stages.py)
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,20 @@ class Space:
                                     f"{value} is outside [{g.low}, {g.high}]", "move it inside the gene's bounds")
                 out[g.name] = float(value)
         return out
+
+    def uniform_genes(self) -> tuple[GeneSpec, ...]:
+        """The space's uniform view: one global gene per (parameter, model or tied models) its genes set, named
+        `w_<model>` for a weight (else `<parameter>_<model>`, `<parameter>_all` method-wide). Every layer, block,
+        module and tensor group of that model takes the one value; bounds, init and step are those of the first
+        gene family that sets it. What coarse to fine searches first (stages.py) and the quickstart's baseline."""
+        out: dict[tuple[str, tuple[str, ...]], GeneSpec] = {}
+        for g in self.genes:
+            key = (g.parameter, g.models)
+            if key not in out:
+                who = "_".join(g.models) if g.models else "all"
+                name = f"w_{who}" if g.parameter == "weight" else f"{g.parameter}_{who}"
+                out[key] = GeneSpec(name, g.parameter, g.models, "global", g.low, g.high, g.init, g.step)
+        return tuple(out.values())
 
     def recipe(self, values: Mapping[str, float], n_layers: int) -> Recipe:
         """Gene values (by dimension name) -> a mergekit-compatible recipe. Deterministic; see the module doc."""
@@ -428,7 +446,7 @@ def parse_space(data: Any, source: str) -> Space:
     s = _mapping(top.get("search") or {}, where("search"),
                  {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
                   "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass",
-                  "recheck_every", "pipeline", "tensor_parallel", "max_model_len"})
+                  "recheck_every", "pipeline", "tensor_parallel", "max_model_len", "coarse_to_fine"})
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -455,6 +473,7 @@ def parse_space(data: Any, source: str) -> Space:
         fp_frac = _number(fp.get("min_fraction", fp_frac), where("search.first_pass.min_fraction"))
         if not 0 < fp_frac <= 1:
             raise UserError(where("search.first_pass.min_fraction"), "must be in (0, 1]", "e.g. 0.5")
+    coarse = _coarse_to_fine(s.get("coarse_to_fine", False), where("search.coarse_to_fine"))
     settings = SearchSettings(
         s.get("optimizer", "cmaes"),
         _posint(s["popsize"], where("search.popsize")) if "popsize" in s else d.popsize,
@@ -470,7 +489,8 @@ def parse_space(data: Any, source: str) -> Space:
         _flag(s.get("pipeline", d.pipeline), where("search.pipeline")),
         _posint(s["tensor_parallel"], where("search.tensor_parallel")) if s.get("tensor_parallel") is not None
         else None,
-        _posint(s["max_model_len"], where("search.max_model_len")) if s.get("max_model_len") is not None else None)
+        _posint(s["max_model_len"], where("search.max_model_len")) if s.get("max_model_len") is not None else None,
+        coarse)
 
     build = top.get("build")
     mini, seed = None, 0
@@ -482,6 +502,18 @@ def parse_space(data: Any, source: str) -> Space:
             raise UserError(where("build.seed"), "must be an integer", "e.g. 0")
     return Space(source, models, method, dtype, dict(params), {k: dict(v) for k, v in fixed.items()},
                  genes, tuple(sets), split, max_items, settings, mini, seed, seeds)
+
+
+def _coarse_to_fine(raw: Any, where: str) -> float | None:
+    """`search.coarse_to_fine`: false (one stage), true (the uniform stage gets a third of the generations) or
+    {uniform_share: F} with 0 < F < 1."""
+    if isinstance(raw, bool):
+        return 1 / 3 if raw else None
+    c = _mapping(raw, where, {"uniform_share"}, {"uniform_share"})
+    share = _number(c["uniform_share"], f"{where}.uniform_share")
+    if not 0 < share < 1:
+        raise UserError(f"{where}.uniform_share", f"{share} is not in (0, 1)", "e.g. 0.33: a third of the generations")
+    return share
 
 
 def _parse_models(raw: Any, where, root: Path) -> tuple[ModelSpec, ...]:
