@@ -21,11 +21,14 @@ from __future__ import annotations
 import json
 import random
 import re
+import string
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from evomerge.errors import UserError
+from evomerge.reference import REQUIRED, Key, by_name, names, required
 from evomerge.scorers import METRICS
 from evomerge.verifiers import Constraint, parse_constraint
 
@@ -33,11 +36,74 @@ KINDS = tuple(METRICS)
 FORMS = ("cloze", "letter")
 SPLITS = ("dev", "holdout", "fewshot")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_CARD_KEYS = {"name", "language", "kind", "metric", "chat_template", "prompt", "target_delimiter", "few_shot",
-              "source", "license", "form", "system", "max_new_tokens", "stop", "origin"}
-_ORIGIN_KEYS = {"dataset", "config", "dev_split", "holdout_split", "split_by", "seed", "n_dev", "n_holdout",
-                "test_split"}
-_RESERVED = {"id", "split", "choices", "gold", "constraints", "language", "reference"}
+# The keys of a card, its origin and each kind's item fields, described once: the validation below reads its
+# allowed keys, required keys, types and choices from these tables, and docs/reference.md is generated from them
+# (evomerge/reference.py). A new key goes here first.
+CARD_KEYS: tuple[Key, ...] = (
+    Key("name", str, "The set's name in scores, the ledger and per-item records.", "belebele_eu", REQUIRED),
+    Key("language", str, "Language code of the items; an instruction item's expected response language unless "
+        "the item sets its own.", "eu", REQUIRED),
+    Key("kind", str, "What an item is and how it is scored (see Items below).", "multiple_choice", REQUIRED,
+        choices=KINDS),
+    Key("metric", str, "The metric the search's fitness uses. By kind: " + "; ".join(
+        f"{k}: {', '.join(m)}" for k, m in METRICS.items()) + ".", "gold_prob", REQUIRED),
+    Key("prompt", str, "Template over item fields in single braces (`{question}`; lm-eval's Jinja `{{question}}` "
+        "is refused); `{options}` is the lettered choice list (\"A: ...\" lines) of `form: letter`. Required "
+        "except for perplexity sets.", "\"{passage}\\n{question}\\n{options}\\nAnswer:\"", "{text}"),
+    Key("form", str, "Multiple choice only: `cloze` scores each choice text as the continuation, `letter` scores "
+        "the letters A, B, ... (the prompt must hold `{options}`).", "letter", "cloze", choices=FORMS),
+    Key("target_delimiter", str, "Put between the prompt and each scored continuation or few-shot answer "
+        "(lm-eval's `target_delimiter`).", '" "', " "),
+    Key("chat_template", bool, "Wrap the prompt in the model's chat template (few-shot examples become earlier "
+        "turns); false for perplexity sets.", "true", False),
+    Key("system", str, "System message: a system turn with `chat_template`, else the first block of the "
+        "prompt.", '"Answer in Basque."', ""),
+    Key("few_shot", int, "Examples before each prompt, drawn per item from the `fewshot` items (else dev), "
+        "never the item itself; 0 for perplexity sets.", "5", 0),
+    Key("max_new_tokens", int, "Instruction sets: generation cap per response (at least 1).", "1280", 256),
+    Key("stop", list, "Instruction sets: a response is cut before the first of these strings.", '["\\n\\n"]',
+        (), shape="of strings"),
+    Key("source", str, "Where the items come from, for people (free text).", '"facebook/belebele (eus_Latn)"', ""),
+    Key("license", str, "The items' licence.", "CC-BY-SA-4.0", ""),
+    Key("origin", dict, "Machine-readable provenance (keys below); guards against searching on test data.",
+        "{dataset: facebook/belebele, config: eus_Latn, dev_split: test, split_by: passage}", {},
+        shape="(see origin)"),
+)
+ORIGIN_KEYS: tuple[Key, ...] = (
+    Key("dataset", str, "Hugging Face dataset id the items came from.", "facebook/belebele"),
+    Key("config", str, "The dataset's config (subset).", "eus_Latn"),
+    Key("dev_split", str, "Source split of the dev items; a known benchmark test split is refused as a search "
+        "dev set.", "test"),
+    Key("holdout_split", str, "Source split of the holdout items.", "test"),
+    Key("split_by", str, "How dev and holdout were split.", "passage"),
+    Key("seed", int, "Seed of that split.", "0"),
+    Key("n_dev", int, "Dev items asked for.", "100"),
+    Key("n_holdout", int, "Holdout items asked for.", "300"),
+    Key("test_split", bool, "true: the dev items are a benchmark's test data (refused unless "
+        "--allow-test-splits).", "true"),
+)
+# "*": every item's fields; then each kind's. Fields not listed are template fields (the card's prompt reads them).
+ITEM_FIELDS: dict[str, tuple[Key, ...]] = {
+    "*": (Key("id", (str, int), "Unique within the set.", '"eu-001"', REQUIRED),
+          Key("split", str, "`dev` (seen by the search), `holdout` (re-checks only) or `fewshot` (examples only, "
+              "never scored).", '"dev"', REQUIRED, choices=SPLITS)),
+    "multiple_choice": (
+        Key("choices", list, "The answer options (at least two, non-empty; at most 26 with `form: letter`).",
+            '["the cat", "the dog"]', REQUIRED, shape="of strings"),
+        Key("gold", int, "0-based index of the right choice; lm-eval's `label` or `answer` (an index, or its "
+            "digits) is read as gold when gold is absent.", "1", REQUIRED)),
+    "instruction": (
+        Key("constraints", list, "What a response must keep (may be empty); see Constraint types.",
+            '[{"type": "words", "max": 50}]', REQUIRED, shape="of constraint mappings"),
+        Key("language", str, "Expected response language (scored by `lang_acc`); default the card's.", '"eu"'),
+        Key("reference", str, "A response that keeps every constraint; needed by few-shot examples.",
+            '"Zatoz Donostiara!"')),
+    "perplexity": (Key("text", str, "The text scored for bits per byte (non-empty); the default prompt `{text}` "
+                       "reads it.", '"Donostia hiri bat da."', REQUIRED),),
+}
+# item keys that are not template fields: every field a kind defines, but perplexity's `text`, which the prompt
+# `{text}` reads
+_RESERVED = {k.name for keys in ITEM_FIELDS.values() for k in keys} - {"text"}
 # lm-eval's placeholders ({{ field }}) and blocks ({% for ... %}), which str.format does not fill
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 # item keys read as `gold` when it is absent: lm-eval task files and HF datasets name the gold index so
@@ -189,30 +255,57 @@ def load_evalset(path: str | Path) -> EvalSet:
         if any(it.reference is None for it in pool):
             raise UserError(str(items_file), "few-shot instruction examples need a `reference` response",
                             "add `reference` to the example items or set few_shot: 0")
+    unread = unread_fields(card, items)
+    if unread:  # once per set, not per item: a pulled set's extra column would otherwise print a line per row
+        warnings.warn(f"{root}: items have fields the card's prompt never reads: {', '.join(unread)} (prompt "
+                      f"{card.prompt!r}; add them to the prompt as {{{unread[0]}}}, or drop them from the items)",
+                      EvalSetWarning, stacklevel=2)
     return EvalSet(str(root), card, tuple(items))
+
+
+class EvalSetWarning(UserWarning):
+    """An eval set that loads but is probably not what its author meant."""
+
+
+def prompt_fields(template: str) -> set[str]:
+    """The item fields a prompt template reads (`{question}`, `{a.b}` and `{a[0]}` read `question` and `a`)."""
+    out = set()
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name:
+            out.add(re.split(r"[.\[]", name, maxsplit=1)[0])
+    return out
+
+
+def unread_fields(card: Card, items: Iterable[Item]) -> tuple[str, ...]:
+    """Template fields of the items that the card's prompt never reads, sorted (an item's `id`, `split` and its
+    kind's own fields are not template fields; lm-eval's `label`/`answer` of a multiple-choice item is read as
+    gold)."""
+    present = {k for it in items for k in it.fields}
+    read = prompt_fields(card.prompt) | (set(GOLD_ALIASES) if card.kind == "multiple_choice" else set())
+    return tuple(sorted(present - read))
 
 
 def parse_card(raw: Any, where: str) -> Card:
     """Validate a card mapping (unknown keys refused)."""
     if not isinstance(raw, dict):
         raise UserError(where, "must be a mapping", "see eval_sets/ for examples")
-    unknown = sorted(set(raw) - _CARD_KEYS)
+    unknown = sorted(set(raw) - names(CARD_KEYS))
     if unknown:
-        raise UserError(f"{where}: {unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(_CARD_KEYS))}")
-    for key in ("name", "language", "kind", "metric"):
+        raise UserError(f"{where}: {unknown[0]}", "unknown key",
+                        f"known keys: {', '.join(sorted(names(CARD_KEYS)))}; see docs/reference.md")
+    for key in sorted(required(CARD_KEYS), key=[k.name for k in CARD_KEYS].index):
         if not isinstance(raw.get(key), str) or not raw[key]:
-            raise UserError(f"{where}: {key}", "missing or not a string", "see eval_sets/ for examples")
+            raise UserError(f"{where}: {key}", "missing or not a string", "see docs/reference.md")
+    keys = by_name(CARD_KEYS)
     kind = raw["kind"]
-    if kind not in KINDS:
+    if not keys["kind"].accepts(kind):
         raise UserError(f"{where}: kind", f"unknown kind {kind!r}", f"use one of {', '.join(KINDS)}")
     if raw["metric"] not in METRICS[kind]:
         raise UserError(f"{where}: metric", f"unknown metric {raw['metric']!r} for {kind}",
                         f"use one of {', '.join(METRICS[kind])}")
-    types = {"prompt": str, "chat_template": bool, "target_delimiter": str, "few_shot": int, "source": str,
-             "license": str, "form": str, "system": str, "max_new_tokens": int, "stop": list, "origin": dict}
-    for key, want in types.items():
-        if key in raw and (not isinstance(raw[key], want) or (want is int and isinstance(raw[key], bool))):
-            raise UserError(f"{where}: {key}", f"must be {want.__name__}", "see eval_sets/ for examples")
+    for key in CARD_KEYS:
+        if key.name in raw and not key.accepts(raw[key.name]) and not key.choices:
+            raise UserError(f"{where}: {key.name}", f"must be a {key.type_name}", f"e.g. {key.name}: {key.example}")
     if kind != "perplexity" and "prompt" not in raw:
         raise UserError(f"{where}: prompt", "missing", 'a template over item fields, e.g. "{question}"')
     jinja = _JINJA.search(raw.get("prompt", ""))
@@ -222,7 +315,7 @@ def parse_card(raw: Any, where: str) -> Card:
         raise UserError(f"{where}: prompt", f"{jinja.group(0)!r} is lm-eval's Jinja, not evomerge's placeholder",
                         f"write {{{field_name}}}: one pair of braces around an item field (a lettered list of the "
                         "choices is {options} with form: letter)")
-    if raw.get("form", "cloze") not in FORMS:
+    if not keys["form"].accepts(raw.get("form", keys["form"].default)):
         raise UserError(f"{where}: form", f"unknown form {raw['form']!r}", f"use one of {', '.join(FORMS)}")
     if raw.get("few_shot", 0) < 0 or raw.get("max_new_tokens", 1) < 1:
         raise UserError(f"{where}: few_shot/max_new_tokens", "out of range", "few_shot >= 0, max_new_tokens >= 1")
@@ -235,9 +328,13 @@ def parse_card(raw: Any, where: str) -> Card:
     if not all(isinstance(s, str) and s for s in raw.get("stop", [])):
         raise UserError(f"{where}: stop", "must be a list of non-empty strings", 'e.g. ["\\n\\n"]')
     origin = raw.get("origin", {})
-    bad = sorted(set(origin) - _ORIGIN_KEYS)
+    bad = sorted(set(origin) - names(ORIGIN_KEYS))
     if bad:
-        raise UserError(f"{where}: origin.{bad[0]}", "unknown key", f"known keys: {', '.join(sorted(_ORIGIN_KEYS))}")
+        raise UserError(f"{where}: origin.{bad[0]}", "unknown key",
+                        f"known keys: {', '.join(sorted(names(ORIGIN_KEYS)))}")
+    for key in ORIGIN_KEYS:
+        if key.name in origin and not key.accepts(origin[key.name]):
+            raise UserError(f"{where}: origin.{key.name}", f"must be a {key.type_name}", f"e.g. {key.example}")
     values = dict(raw)
     if "stop" in values:
         values["stop"] = tuple(values["stop"])
