@@ -23,3 +23,22 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> Non
               file=sys.stderr)
     print(f"dashboard for {run_dir} on http://{host}:{port}/  (Ctrl-C stops it)")
     run_server(storage_url(Path(run_dir)), host=host, port=port)
+
+
+_NOTE_WARNED = False
+
+
+def save_study_note(study, body: str) -> bool:
+    """Write `body` (markdown) as the study's note, which optuna-dashboard shows on the study's page. Without
+    optuna-dashboard (the `dashboard` extra) nothing is written and one line says so, once per process."""
+    global _NOTE_WARNED
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        if not _NOTE_WARNED:
+            print("note: optuna-dashboard is not installed, so the study has no holdout note "
+                  "(pip install 'evomerge[dashboard]')", file=sys.stderr)
+            _NOTE_WARNED = True
+        return False
+    save_note(study, body)
+    return True

@@ -16,8 +16,11 @@
 6. Export the front point with the best mean objective on holdout (recipe, merged model, manifest) and draw the
    run's plots (with the grid and uniform points from tradeoff.json overlaid on the Pareto panels).
 
-Holdout scoring runs in this process on one resident model (the same `Evaluator` a search worker uses), so every
-point of the table is scored by the same code on the same items, and each item's score is kept for the intervals.
+Holdout scoring runs in this process on one resident model (holdout.py's `HoldoutScorer`: the same `Evaluator` a
+search worker uses), so every point of the table is scored by the same code on the same items, and each item's score
+is kept for the intervals. The searched points' holdout results are stored in their runs' ledgers as the search's
+finalist re-check stores its own (holdout.py `record`): export's manifest, `status` and the study's dashboard note
+(the whole holdout table) show them.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     from evomerge.search import load_objectives
 
     n_layers = check_configs(space).n_layers
-    objs, _, _ = load_objectives(space, allow_test_splits=False)
-    scorer = _HoldoutScorer(space, n_layers, objs, seed)
+    objs, weights, _ = load_objectives(space, allow_test_splits=False)
+    scorer = _HoldoutScorer(space, n_layers, objs, weights, seed)
     print(f"scoring the sources and the paper's grid on holdout ({', '.join(scorer.sets)}) ...")
     points = [scorer.score_weights("source", label, wi, wl) for label, (wi, wl) in SOURCES.items()]
     points += [scorer.score_weights("grid", f"w={w:g}", 1.0, w) for w in GRID]
@@ -115,6 +118,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     print(f"{summary.n_complete} candidates evaluated ({summary.n_failed} failed); re-scoring the "
           f"{len(front_trials)} trials of the dev Pareto front on holdout ...")
     front = [scorer.score_trial(t.number, t.params) for t in front_trials]
+    scorer.record(summary.run_dir, name, "front", front)  # export, status and the dashboard read them there
 
     print("searching one uniform language weight with the same optimizer, seed and budget (the baseline) ...")
     uniform_dir.mkdir(parents=True)
@@ -129,6 +133,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     uniform = [scorer.score_trial(t.number, t.params, kind="uniform",
                                   label="uniform " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(t.params.items())))
                for t in uniform_trials]
+    scorer.record(uniform_summary.run_dir, UNIFORM_RUN, "uniform", uniform)
     points += uniform + front
     scorer.close()
 
@@ -140,6 +145,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     print(render_table(points, names))
     print(_verdict(result))
     print(render_intervals(result))
+    _note(summary.run_dir, name, points, names, result)
 
     best = max(front, key=lambda p: sum(p.objectives.values())) if front else None
     export = None
@@ -232,29 +238,28 @@ def _yaml_text(data: Mapping[str, Any]) -> str:
 
 
 class _HoldoutScorer:
-    """One resident model that scores recipes on the holdout split of the space's eval sets, in this process."""
+    """The quickstart's points scored on holdout by the one holdout scorer (holdout.py's `HoldoutScorer`, in this
+    process): uniform merges by weights, searched trials by their genes."""
 
-    def __init__(self, space: Any, n_layers: int, objs: Sequence[Any], seed: int) -> None:
-        from transformers.utils import logging as hf_logging
-
+    def __init__(self, space: Any, n_layers: int, objs: Sequence[Any], weights: Mapping[str, float],
+                 seed: int) -> None:
         from evomerge.evalsets import load_evalset
-        from evomerge.worker import EvaluatorSpec, Evaluator
-
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar in the middle of the quickstart's report is noise
+        from evomerge.holdout import HoldoutScorer
 
         self.space, self.n_layers, self.objs = space, n_layers, tuple(objs)
-        template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers).to_mergekit()
-        self.template = template
+        self.template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers).to_mergekit()
         cards = [load_evalset(ref.path).card for ref in space.eval_sets]
         self.sets = tuple(c.name for c in cards)
         used = {t.set for o in self.objs for t in o.terms}
         # sets scored but not optimized (bits per byte in B): shown next to the objectives
         self.extra_metrics = {c.name: c.metric for c in cards if c.name not in used}
-        spec = EvaluatorSpec(recipe=template, eval_sets=tuple(ref.path for ref in space.eval_sets),
-                             split="holdout", seed=seed, threads=1, backend="hf")
-        self.evaluator = Evaluator.start(spec, worker="quickstart")
-        self.count = 0
+        self.scorer = HoldoutScorer(space, self.objs, weights, space.search.scalarize, self.template, seed)
         self.uniform: Any = None  # the uniform baseline's space, parsed on first use
+        self.results: dict[tuple[str, int], Any] = {}  # (kind, trial) -> HoldoutResult, for the ledgers
+
+    @property
+    def count(self) -> int:
+        return self.scorer.count
 
     def score_weights(self, kind: str, label: str, instruct: float, language: float) -> Point:
         """A uniform merge: base + instruct * (instruct - base) + language * (language model - base)."""
@@ -285,26 +290,55 @@ class _HoldoutScorer:
         return self.uniform
 
     def _score(self, kind: str, label: str, recipe: Mapping[str, Any], trial: int | None = None) -> Point:
-        from evomerge.evaluation import score_set_items
-        from evomerge.fitness import objectives
-        from evomerge.recipe import Recipe
+        result = self.scorer.score(recipe, label)
+        if trial is not None:
+            self.results[(kind, trial)] = result
+        extra = {f"{n} {m}": result.scores[n].metric(m) for n, m in self.extra_metrics.items()}
+        return Point(kind, label, dict(result.objectives), extra, trial, result.items)
 
-        self.count += 1
-        scores, items = {}, {}
-        try:
-            self.evaluator.apply(Recipe.from_mergekit(dict(recipe)))
-            for prepared in self.evaluator.prepared:
-                scores[prepared.name], per_item = score_set_items(self.evaluator.backend, prepared)
-                items.update({f"{prepared.name}.{m}": tuple(v) for m, v in per_item.items()})
-        except Exception as e:  # noqa: BLE001 - name the point whose scoring failed
-            raise RuntimeError(f"scoring {label} on holdout failed: {e}") from e
-        if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
-            raise RuntimeError(f"scoring {label} on holdout failed: non-finite scores (collapsed model)")
-        extra = {f"{n} {m}": scores[n].metric(m) for n, m in self.extra_metrics.items()}
-        return Point(kind, label, objectives(scores, self.objs), extra, trial, items)
+    def record(self, run_dir: Path, name: str, kind: str, points: Sequence[Point]) -> None:
+        """Store the searched points' holdout results in their run's ledger (holdout.py `record`, as the search's
+        finalist re-check does), so export's manifest, status and plots see them."""
+        from evomerge.holdout import record
+        from evomerge.ledger import Ledger
+
+        ledger = Ledger.open(run_dir, name, (), create=False)
+        for p in points:
+            record(ledger, p.trial, self.results[(kind, p.trial)])
 
     def close(self) -> None:
-        del self.evaluator
+        self.scorer.close()
+
+
+def _note(run_dir: Path, name: str, points: Sequence[Point], names: Sequence[str], result: Mapping[str, Any]) -> None:
+    """The quickstart study's note (optuna-dashboard shows it): the holdout table of sources, grid, uniform front
+    and per-layer front, the hypervolumes with their intervals, and the point export takes."""
+    from evomerge.dashboard import save_study_note
+    from evomerge.holdout import NoteRow, markdown_table
+    from evomerge.ledger import Ledger, fitness_of
+
+    ledger = Ledger.open(run_dir, name, (), create=False)
+    dev = {t.number: fitness_of(t) for t in ledger.trials() if t.values}
+    hold = ledger.holdout()
+    rows = [NoteRow(p.kind, p.label, p.objectives, sum(p.objectives[n] for n in names) / len(names),
+                    dev.get(p.trial) if p.kind == "front" else None) for p in points]
+    hv = result["hypervolume"]
+    lines = ["## Quickstart: holdout against the baselines",
+             "Every point scored on the same holdout items (objectives higher is better; holdout fitness is their "
+             "mean; dev fitness is what the search saw, for the per-layer front's trials). Neither search was "
+             "seeded with the grid.",
+             markdown_table(rows, names),
+             "Hypervolume: " + ", ".join(f"{what} {'-' if hv.get(k) is None else f'{hv[k]:.4f}'}" for k, what in
+                                         (("grid", "grid"), ("uniform", "uniform front"), ("front", "per-layer front")))]
+    for key, what in (("front_minus_grid_interval", "per-layer front - grid"),
+                      ("front_minus_uniform_interval", "per-layer front - uniform front")):
+        if key in hv:
+            iv = hv[key]
+            lines.append(f"{what}: {iv['estimate']:+.4f} (95% interval {iv['low']:+.4f} to {iv['high']:+.4f})")
+    if hold:
+        best = max(hold, key=lambda n: hold[n]["fitness"])
+        lines.append(f"Export takes **trial {best}** (best holdout fitness {hold[best]['fitness']:.4f}).")
+    save_study_note(ledger.study, "\n\n".join(lines))
 
 
 def _dev_front(run_dir: Path, name: str) -> list[Any]:

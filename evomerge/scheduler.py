@@ -10,7 +10,9 @@ everything about order lives here:
   early (recorded as trial attribute `early`, so replay reproduces the order);
 - a genome equal to an evaluated one is recorded as a duplicate with that result, not evaluated again;
 - budgets (evaluations, minutes, target) stop the hand-out; what was handed out is still recorded;
-- finalists are re-scored on the holdout split every few generations and at the end.
+- finalists are re-scored on the holdout split every few generations and at the end;
+- one scheduler runs one stage of a search (stages.py): generations [first_gen, generations) of the run, each
+  trial tagged with the stage's name (user attribute `stage`) when the search has stages.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
+from evomerge import holdout
 from evomerge.fitness import Objective, objectives as compute_objectives, scalarize
 from evomerge.genome import Genome
-from evomerge.ledger import Ledger, fitness_of
+from evomerge.ledger import Ledger, dev_floor, fitness_of
 from evomerge.optimizers import CmaEs
 from evomerge.space import Space
 from evomerge.worker import Candidate, CandidateResult
@@ -112,8 +115,12 @@ class Scheduler:
 
     def __init__(self, space: Space, genome: Genome, ledger: Ledger, optimizer: Any, pool: Pool,
                  objs: tuple[Objective, ...], weights: dict[str, float], how: str, multi: bool, progress: bool,
-                 pipeline: bool = True) -> None:
+                 pipeline: bool = True, *, stage: str | None = None, first_gen: int = 0,
+                 seeds: list[tuple[str, list[float]]] | None = None) -> None:
         self.space, self.genome, self.ledger, self.optimizer, self.pool = space, genome, ledger, optimizer, pool
+        # the stage this scheduler runs (stages.py): its name (recorded on each trial), its first generation, its
+        # seed candidates as (name, unit vector of `genome`) (None: the space's `seeds:`)
+        self.stage, self.first_gen, self.seeds = stage, first_gen, seeds
         self.objs, self.weights, self.how, self.multi, self.progress = objs, weights, how, multi, progress
         self.pipeline = pipeline
         self.per_gen: list[float | None] = []  # best fitness of each generation told by this driver
@@ -169,13 +176,17 @@ class Scheduler:
         self.obj_best: dict[str, float] = {}  # best value seen per objective, for the progress bar
         self.replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
         n_layers = self.pool.n_layers
-        self.pending_seeds = [(s.name, self.genome.encode(self.space.seed_values(s, n_layers)))
-                              for s in self.space.seeds]
+        self.pending_seeds = list(self.seeds) if self.seeds is not None else [
+            (s.name, self.genome.encode(self.space.seed_values(s, n_layers))) for s in self.space.seeds]
+        if not self.replayable:  # an Optuna sampler replays recorded seeds as trials: injecting them again would
+            # evaluate them again in the first generation not yet recorded (pycma must re-inject to re-ask them)
+            seen = {t.user_attrs.get("seed_candidate") for t in self.record.values()}
+            self.pending_seeds = [(n, x) for n, x in self.pending_seeds if n not in seen]
         self.generations, self.popsize, self.recheck = generations, popsize, recheck
         self.open: list[_Gen] = []
-        self.next_gen = 0
+        self.next_gen = self.first_gen
         self.rechecks: list[Recheck] = []
-        self.bar = tqdm(total=generations * popsize, desc="search", unit="cand", disable=not self.progress,
+        self.bar = tqdm(total=(generations - self.first_gen) * popsize, desc=self.stage or "search", unit="cand", disable=not self.progress,
                         file=sys.stderr, dynamic_ncols=True)
         stop: dict[str, str | None] = {"why": None}
         started = time.monotonic() if started is None else started
@@ -322,7 +333,8 @@ class Scheduler:
                 seed_name = batch[j][0]  # pycma nudges points lying on a bound
             dup = self.cache.get(self._key(values))
             if dup is not None:
-                attrs = {"generation": g.number, "index": i, "genome": x, **({"early": True} if early else {})}
+                attrs = {"generation": g.number, "index": i, "genome": x, **({"early": True} if early else {}),
+                         **({"stage": self.stage} if self.stage else {})}
                 self.ledger.record_duplicate(values, attrs, dup)
                 g.told[i] = list(dup.values)
                 self.bar.update(1)
@@ -351,7 +363,8 @@ class Scheduler:
         if isinstance(item, Recheck):
             return Candidate(item.trial.number, self.space.recipe(item.trial.params, n_layers).to_mergekit(),
                              split="holdout")
-        attrs = {"generation": item.gen, "index": item.index, "genome": item.x}
+        attrs = {"generation": item.gen, "index": item.index, "genome": item.x,
+                 **({"stage": self.stage} if self.stage else {})}
         if item.seed_name:
             attrs["seed_candidate"] = item.seed_name
         if item.early:
@@ -396,21 +409,33 @@ class Scheduler:
         return list(trial.values)
 
     def _finalists_to_recheck(self, k: int) -> list[Recheck]:
-        """The top-k trials by dev fitness that have no holdout score yet."""
+        """The top-k trials by dev fitness that have no holdout score yet (with stages, none below the uniform
+        stage's best on dev: export picks among these, and must never be worse on dev than that uniform merge)."""
         import optuna
 
-        done = [t for t in self.ledger.trials()
-                if t.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+        floor = dev_floor(self.ledger.trials())
+        done = [t for t in self.ledger.trials() if t.state == optuna.trial.TrialState.COMPLETE
+                and "duplicate_of" not in t.user_attrs and fitness_of(t) >= floor]
         have = self.ledger.holdout()
         return [Recheck(t) for t in sorted(done, key=lambda t: -fitness_of(t))[:k] if t.number not in have]
 
     def _record_holdout(self, trial, result: CandidateResult) -> float | None:
-        """Store a finalist's holdout fitness (a failed re-check stores nothing); returns it."""
+        """Store a finalist's holdout result (holdout.py, as the quickstart stores its own; a failed re-check
+        stores nothing), refresh the study's note; returns the holdout fitness."""
         if not result.ok:
             return None
-        _, fit, _ = self._outcome(result.scores)
-        self.ledger.set_holdout(trial.number, fit, {n: asdict(s) for n, s in result.scores.items()})
-        return fit
+        scored = holdout.holdout_result(result.scores, self.objs, self.weights, self.how)
+        holdout.record(self.ledger, trial.number, scored)
+        self._note_holdout()
+        return scored.fitness
+
+    def _note_holdout(self) -> None:
+        """The study's note (optuna-dashboard shows it): the holdout table of the re-checked trials."""
+        from evomerge.dashboard import save_study_note
+
+        body = holdout.finalists_note(self.ledger, self.objs)
+        if body:
+            save_study_note(self.ledger.study, body)
 
     def recheck_finalists(self, k: int) -> None:
         """Re-score the top-k trials (by dev fitness) on the holdout split; export then picks by holdout."""

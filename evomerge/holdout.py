@@ -1,0 +1,160 @@
+"""Holdout scores: one scorer and one record for the search's finalist re-check and the quickstart's table.
+
+A holdout score is a merge scored on the holdout split of the run's eval sets, turned into objectives and a
+scalar fitness by the same code that turns dev scores into them (fitness.py, under the space's objectives,
+weights and scalarization). Two callers, one path:
+
+- the search's finalist re-check (scheduler.py): a worker scores the finalist's recipe on holdout
+  (`Evaluator.evaluate` with split "holdout", which runs `evaluation.score`), and `holdout_result` + `record`
+  store it in the ledger;
+- the quickstart (quickstart.py): `HoldoutScorer` scores recipes in this process on one resident model (the same
+  `Evaluator`, started on the holdout split), keeping each item's value for the paired bootstrap; the searched
+  trials it scores are stored with `record`, as finalists are, so `export`, `status` and the dashboard read them.
+
+The record is the ledger's study attribute `holdout:<trial>` (`{"fitness", "scores"}`; finished trials are
+immutable); export picks the trial with the best holdout fitness (ledger.py `best`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from evomerge.fitness import Objective, objectives as compute_objectives, scalarize
+from evomerge.scorers import SetScores
+
+
+@dataclass(frozen=True)
+class HoldoutResult:
+    """One merge's holdout scores: per set, per objective, the scalar fitness, and (from `HoldoutScorer`) each
+    item's value of the metrics that are means over items ("set.metric" -> values, in item order)."""
+
+    scores: Mapping[str, SetScores]
+    objectives: Mapping[str, float]
+    fitness: float
+    items: Mapping[str, tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def score_dicts(self) -> dict[str, dict[str, Any]]:
+        """The per-set scores as the ledger stores them (as dev scores are: `asdict(SetScores)`)."""
+        return {name: asdict(s) for name, s in self.scores.items()}
+
+
+def holdout_result(scores: Mapping[str, SetScores], objs: Sequence[Objective], weights: Mapping[str, float] | None,
+                   how: str, items: Mapping[str, Sequence[float]] | None = None) -> HoldoutResult:
+    """Holdout scores -> objectives and fitness, as the search computes them on dev."""
+    values = compute_objectives(scores, objs)
+    return HoldoutResult(dict(scores), values, scalarize(values, weights, how),
+                         {k: tuple(v) for k, v in (items or {}).items()})
+
+
+def record(ledger: Any, number: int, result: HoldoutResult) -> None:
+    """Store trial `number`'s holdout result in the run's ledger (what export, status and plots read)."""
+    ledger.set_holdout(number, result.fitness, result.score_dicts())
+
+
+def recorded_objectives(entry: Mapping[str, Any], objs: Sequence[Objective]) -> dict[str, float]:
+    """A ledger holdout entry's objectives, recomputed from its stored per-set scores."""
+    scores = {name: SetScores(dict(s["values"]), int(s.get("n", 0))) for name, s in entry["scores"].items()}
+    return compute_objectives(scores, objs)
+
+
+def score_sets(backend: Any, prepared: Sequence[Any]) -> tuple[dict[str, SetScores], dict[str, tuple[float, ...]]]:
+    """Score prepared sets with the backend's current weights: per-set scores (`evaluation.score_set`'s numbers)
+    and each item's value per "set.metric". Non-finite scores (a collapsed merge) raise."""
+    from evomerge.evaluation import score_set_items
+
+    scores: dict[str, SetScores] = {}
+    items: dict[str, tuple[float, ...]] = {}
+    for p in prepared:
+        scores[p.name], per_item = score_set_items(backend, p)
+        items.update({f"{p.name}.{m}": tuple(v) for m, v in per_item.items()})
+    if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
+        raise RuntimeError("non-finite scores (collapsed model)")
+    return scores, items
+
+
+class HoldoutScorer:
+    """One resident model in this process that scores recipes on the holdout split of a space's eval sets (the
+    worker's `Evaluator`, one thread, the run's item seed)."""
+
+    def __init__(self, space: Any, objs: Sequence[Objective], weights: Mapping[str, float] | None, how: str,
+                 template: Mapping[str, Any], seed: int, backend: str = "hf") -> None:
+        from transformers.utils import logging as hf_logging
+
+        from evomerge.worker import EvaluatorSpec, Evaluator
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar in the middle of a report is noise
+        self.objs, self.weights, self.how = tuple(objs), weights, how
+        spec = EvaluatorSpec(recipe=dict(template), eval_sets=tuple(ref.path for ref in space.eval_sets),
+                             split="holdout", seed=seed, threads=1, backend=backend)
+        self.evaluator: Any = Evaluator.start(spec, worker="holdout")
+        self.count = 0
+
+    def score(self, recipe: Mapping[str, Any], label: str = "recipe") -> HoldoutResult:
+        """Merge `recipe` (mergekit dict) into the resident model and score it on holdout; a failure names
+        `label`."""
+        from evomerge.recipe import Recipe
+
+        self.count += 1
+        try:
+            self.evaluator.apply(Recipe.from_mergekit(dict(recipe)))
+            scores, items = score_sets(self.evaluator.backend, self.evaluator.prepared)
+        except Exception as e:  # noqa: BLE001 - name the point whose scoring failed
+            raise RuntimeError(f"scoring {label} on holdout failed: {e}") from e
+        return holdout_result(scores, self.objs, self.weights, self.how, items)
+
+    def close(self) -> None:
+        self.evaluator = None
+
+
+# -- the dashboard's note ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoteRow:
+    """One row of the holdout table in the study's note."""
+
+    kind: str  # e.g. finalist, source, grid, uniform, front
+    label: str
+    objectives: Mapping[str, float]  # on holdout
+    fitness: float | None = None  # on holdout
+    dev: float | None = None  # the trial's dev fitness, for searched points
+
+
+def markdown_table(rows: Sequence[NoteRow], names: Sequence[str]) -> str:
+    """The holdout table as markdown (what optuna-dashboard renders in the study's note)."""
+
+    def f(v: float | None) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+    head = ["kind", "point", *names, "holdout fitness", "dev fitness"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r.kind, r.label, *(f(r.objectives.get(n)) for n in names), f(r.fitness),
+                                         f(r.dev)]) + " |")
+    return "\n".join(lines)
+
+
+def finalists_note(ledger: Any, objs: Sequence[Objective]) -> str:
+    """The search's note: every trial re-scored on holdout (finalists, best holdout fitness first), seed
+    candidates named as such (the run's baselines), and the trial export takes."""
+    from evomerge.ledger import fitness_of
+
+    hold = ledger.holdout()
+    by_number = {t.number: t for t in ledger.trials()}
+    rows = []
+    for number in sorted(hold, key=lambda n: -hold[n]["fitness"]):
+        t = by_number.get(number)
+        seed = t.user_attrs.get("seed_candidate") if t is not None else None
+        rows.append(NoteRow("seed " + seed if seed else "finalist", f"trial {number}",
+                            recorded_objectives(hold[number], objs), hold[number]["fitness"],
+                            fitness_of(t) if t is not None and t.values else None))
+    if not rows:
+        return ""
+    best = rows[0].label
+    return "\n\n".join([
+        "## Holdout re-check",
+        f"The top trials by dev fitness re-scored on the holdout split. Export takes **{best}** "
+        "(best holdout fitness); dev fitness is what the optimizer saw.",
+        markdown_table(rows, [o.name for o in objs])])
