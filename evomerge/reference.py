@@ -24,6 +24,13 @@ class _Required:
 
 REQUIRED: Any = _Required()  # a Key's default when the key must be given
 
+
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from other keys (e.g. a gene's init: the middle of its bounds), shown as its rule."""
+
+    rule: str
+
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "true/false", list: "list", dict: "mapping"}
 
 
@@ -92,6 +99,8 @@ def _default(key: Key) -> str:
         return "**required**"
     if key.default is None:
         return "unset"
+    if isinstance(key.default, Derived):
+        return key.default.rule
     if isinstance(key.default, bool):
         return f"`{str(key.default).lower()}`"
     if isinstance(key.default, str):

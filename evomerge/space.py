@@ -3,30 +3,10 @@
 Pure except for `load_space` (reads the YAML). Relative paths resolve against the space file's directory, so a
 space runs the same from any working directory.
 
-Schema (every shipped file in search_spaces/ is an example):
-
-    models:   list of {name, role: base|instruct|language, path: DIR | hf: ORG/NAME, language?: CODE}
-    build:    optional {miniature: DIR, seed: N}: build the tiny miniature models there when absent
-    merge:    {method, dtype?, parameters?: method-wide fixed values, fixed?: {model: {param: value}}}
-    genes:    list of gene families:
-                {name?, parameter, model: M | models: [M, ...] (tied: one gene shared) | (none: method-wide),
-                 granularity: global | per_layer | blocks | control_points, count?: N (blocks / points),
-                 modules?: [attn, mlp] (separate genes per module kind), tensors?: embed | lm_head,
-                 low, high, init?, step?}
-    seeds:    optional list of {name, values: {gene family or dimension name: value}}: evaluated first
-    eval:     {sets: [{path, weight?}], split?: dev, max_items?: N}
-    search:   {optimizer?: cmaes|tpe|gp|nsga2|optuna-cmaes|random, popsize?, generations?, sigma0?, restarts?,
-               objectives?: {name: [{set, metric?, weight?}]}, objective_weights?, scalarize?: mean|min,
-               max_evals?, max_minutes?, target?, finalists?: N (re-scored on holdout at the end; default 3),
-               first_pass?: {items: N, min_fraction?: 0.5} (prune candidates whose fitness on N items per set is
-               below that fraction of the best first pass so far, or not finite), recheck_every?: K,
-               pipeline?: true (ask the next generation as soon as this one is dispatched: no worker waits for a
-               generation's last candidate; false: a barrier at each generation's end),
-               tensor_parallel?: N (vLLM ranks, i.e. GPUs, per worker; default: the smallest that fits),
-               max_model_len?: N (longest prompt + answer; default the model's, at most 4096),
-               coarse_to_fine?: true | {uniform_share?: F} (first search the uniform view, `Space.uniform_genes`,
-               for a share F of the generations (default 1/3), then the space's own genes seeded with its best
-               points; stages.py)}
+Schema: `SPACE_KEYS` below, every key with its type, default, meaning and an example, the table `parse_space`
+reads; rendered as docs/reference.md (`python -m evomerge.reference`). Every shipped file in search_spaces/ is an
+example. In short: `models` (roles base, instruct, language), `build?`, `merge` (method, dtype, fixed values),
+`genes` (free parameters at a granularity, with bounds), `seeds?`, `eval` (sets and weights), `search?`.
 
 How genes become a recipe (deterministic; `Space.recipe`):
 - a `global` gene without `tensors` sets the parameter for every tensor of its model(s);
@@ -50,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from evomerge.errors import UserError
 from evomerge.recipe import METHODS_NEEDING_BASE, ModelEntry, Recipe
+from evomerge.reference import REQUIRED, Derived, Key, names, required
 
 ROLES = ("base", "instruct", "language")
 GRANULARITIES = ("global", "per_layer", "blocks", "control_points")
@@ -349,7 +330,141 @@ def _squash(vals: list[float]) -> float | list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-_TOP = {"models", "build", "merge", "genes", "seeds", "eval", "search"}
+DTYPES = ("float32", "bfloat16", "float16")
+METHOD_FLAGS = ("normalize", "int8_mask", "rescale", "random_seed")  # merge.parameters any method takes
+_S = SearchSettings()
+# Every key of a space, section by section ("models[]": each entry of the models list), described once: parse_space
+# reads each section's allowed and required keys from here and docs/reference.md is generated from it
+# (evomerge/reference.py). A new key: add a Key to its section (and read it in parse_space).
+SPACE_SECTIONS: dict[str, str] = {
+    "": "A space is one YAML mapping.",
+    "models[]": "Each model of the merge. Give exactly one of `path` and `hf`.",
+    "build": "Build the tiny miniature models (evomerge/miniature) when the directory is absent.",
+    "merge": "The merge method and what stays fixed.",
+    "genes[]": "A gene family: one free parameter, expanded into one or more optimizer dimensions by its "
+               "granularity. Give `model`, `models` (tied: one gene shared) or neither (a method-wide parameter).",
+    "seeds[]": "A candidate evaluated before the optimizer's own (e.g. the paper's uniform settings).",
+    "eval": "The eval sets the fitness uses.",
+    "eval.sets[]": "One eval set (a directory with card.yaml and items.jsonl; see the eval-set card below).",
+    "search": "Optimizer, objectives and budget; every key is optional.",
+    "search.first_pass": "A cheap first pass that prunes poor candidates before they are scored in full.",
+    "search.coarse_to_fine": "The mapping form of `coarse_to_fine`.",
+}
+SPACE_KEYS: dict[str, tuple[Key, ...]] = {
+    "": (
+        Key("models", list, "The models: one `instruct`, at most one `base`, any number of `language` models.",
+            "[{name: eu, role: language, language: eu, path: ../models/latxa}]", REQUIRED, shape="(see models[])"),
+        Key("build", dict, "Optional: build the miniature models first.", "{miniature: ../miniature/tiny}",
+            shape="(see build)"),
+        Key("merge", dict, "The merge method and its fixed values.", "{method: task_arithmetic}", REQUIRED,
+            shape="(see merge)"),
+        Key("genes", list, "The free parameters (at least one).", "[{parameter: weight, model: eu, low: 0, high: 1}]",
+            REQUIRED, shape="(see genes[])"),
+        Key("seeds", list, "Candidates evaluated first.", "[{name: uniform, values: {w_eu: 1.0}}]", (),
+            shape="(see seeds[])"),
+        Key("eval", dict, "The eval sets.", "{sets: [{path: ../eval_sets/belebele_eu}]}", REQUIRED,
+            shape="(see eval)"),
+        Key("search", dict, "Optimizer, objectives and budget.", "{optimizer: cmaes, popsize: 8, generations: 10}",
+            {}, shape="(see search)")),
+    "models[]": (
+        Key("name", str, "Short name genes and seeds refer to; unique.", "eu", REQUIRED),
+        Key("role", str, "`base`: the shared pre-trained ancestor; `instruct`: exactly one, whose config, "
+            "tokenizer and chat template the merged model takes; `language`: a language-adapted model.",
+            "language", REQUIRED, choices=ROLES),
+        Key("path", str, "A local model directory (relative to the space file).", "../models/latxa-8b"),
+        Key("hf", str, "A Hugging Face id, fetched through the local hub cache.", "HiTZ/Latxa-Llama-3.1-8B"),
+        Key("language", str, "Language code; required for role `language`.", "eu")),
+    "build": (
+        Key("miniature", str, "Directory of the miniature models (relative to the space file).",
+            "../miniature/tiny", REQUIRED),
+        Key("seed", int, "Seed of the miniature build.", "0", 0)),
+    "merge": (
+        Key("method", str, "mergekit 0.1.5's merge method.", "task_arithmetic", REQUIRED,
+            choices=tuple(sorted(PER_MODEL_PARAMS))),
+        Key("dtype", str, "Dtype of the merge and of scoring.", "bfloat16", "float32", choices=DTYPES),
+        Key("parameters", dict, "Method-wide fixed values: the method's shared parameter ("
+            + "; ".join(f"{m}: {', '.join(p)}" for m, p in SHARED_PARAMS.items() if p)
+            + f") and {', '.join(METHOD_FLAGS)}.", "{lambda: 1.0, normalize: false}", {}),
+        Key("fixed", dict, "Per-model fixed values, by model name: "
+            + "; ".join(f"{m}: {', '.join(p)}" for m, p in PER_MODEL_PARAMS.items() if p)
+            + ". Each merged model needs a weight gene or a fixed weight.", "{instruct: {weight: 1.0}}", {},
+            shape="{model: {parameter: value}}")),
+    "genes[]": (
+        Key("name", str, "The family's name (dimensions are NAME, NAME[i], NAME.attn[b0], ...); unique.", "w_eu",
+            Derived("PARAMETER_MODELS (e.g. `weight_eu`)")),
+        Key("parameter", str, "The free parameter: per-model (weight, density, gamma, epsilon) or method-wide "
+            "(lambda, slerp's t), as the method has it.", "weight", REQUIRED),
+        Key("model", str, "The one merged model the gene sets.", "eu"),
+        Key("models", list, "Several merged models tied to one gene.", "[eu, ca]", shape="of model names"),
+        Key("granularity", str, "`global`: one value; `per_layer`: one per decoder layer; `blocks`: `count` "
+            "contiguous groups of layers; `control_points`: `count` points interpolated linearly over the layers.",
+            "control_points", "global", choices=GRANULARITIES),
+        Key("count", int, "Blocks or control points (at least 2 points); only with those granularities.", "4"),
+        Key("modules", list, "Separate genes for attention and MLP tensors (a layer's norms follow attention); "
+            "layer granularities only.", "[attn, mlp]", (), shape="of attn, mlp (both)"),
+        Key("tensors", str, "Set the input embeddings or the output head alone (a global gene).", "embed",
+            choices=TENSOR_GROUPS),
+        Key("low", float, "Lower bound.", "0.0", REQUIRED),
+        Key("high", float, "Upper bound (> low; density bounds lie in (0, 1]).", "1.0", REQUIRED),
+        Key("init", float, "Initial value, within the bounds.", "0.5", Derived("(low + high) / 2")),
+        Key("step", float, "Initial standard deviation of the optimizer (positive).", "0.25",
+            Derived("(high - low) / 4"))),
+    "seeds[]": (
+        Key("name", str, "The seed's name in the ledger.", "uniform", Derived("`seed<i>`")),
+        Key("values", dict, "Values by gene family or dimension name, within the gene's bounds; unnamed "
+            "dimensions take their init.", "{w_eu: 1.0, w_instruct: 1.0}", REQUIRED, shape="{gene: number}")),
+    "eval": (
+        Key("sets", list, "The eval sets (at least one).", "[{path: ../eval_sets/belebele_eu, weight: 2}]",
+            REQUIRED, shape="(see eval.sets[])"),
+        Key("split", str, "The split the search scores (holdout is for the finalists' re-check).", "dev", "dev",
+            choices=("dev", "holdout")),
+        Key("max_items", int, "A seeded subset of at most this many items per set (positive).", "100")),
+    "eval.sets[]": (
+        Key("path", str, "The eval-set directory (relative to the space file).", "../eval_sets/belebele_eu",
+            REQUIRED),
+        Key("weight", float, "Its weight in the scalar fitness.", "1.0", 1.0)),
+    "search": (
+        Key("optimizer", str, "pycma's CMA-ES or an Optuna sampler.", "cmaes", _S.optimizer, choices=OPTIMIZERS),
+        Key("popsize", int, "Candidates per generation.", "8", _S.popsize),
+        Key("generations", int, "Generations.", "10", _S.generations),
+        Key("sigma0", float, "CMA-ES initial step in the unit box.", "0.3", Derived("from the genes' steps")),
+        Key("restarts", int, "CMA-ES IPOP restarts (the population doubles at each).", "2", _S.restarts),
+        Key("objectives", dict, "Named objectives, each a list of {set, metric?, weight?}; nsga2 needs two or "
+            "more.", "{eu: [{set: belebele_eu}], chat: [{set: ifeval_en, metric: prompt_acc}]}",
+            Derived("one per eval set"), shape="{name: [{set, metric?, weight?}]}"),
+        Key("objective_weights", dict, "Weights of the objectives in the scalar fitness.", "{eu: 2, chat: 1}",
+            Derived("equal"), shape="{objective: number}"),
+        Key("scalarize", str, "Fold the objectives by their weighted mean, or their minimum.", "min", _S.scalarize,
+            choices=("mean", "min")),
+        Key("max_evals", int, "Stop after this many evaluations in all.", "200", _S.max_evals),
+        Key("max_minutes", float, "Stop after this much wall time.", "120", _S.max_minutes),
+        Key("target", float, "Stop once the scalar fitness reaches this.", "0.8", _S.target),
+        Key("finalists", int, "Top trials re-scored on holdout at the end (0: none).", "3", _S.finalists),
+        Key("first_pass", dict, "Score `items` dev items per set first; prune below `min_fraction` of the best "
+            "first pass so far.", "{items: 20, min_fraction: 0.5}", None, shape="(see search.first_pass)"),
+        Key("recheck_every", int, "Also re-score the finalists on holdout every K generations.", "5",
+            _S.recheck_every),
+        Key("pipeline", bool, "Ask the next generation as soon as this one is dispatched (false: a barrier at "
+            "each generation's end).", "false", _S.pipeline),
+        Key("tensor_parallel", int, "vLLM ranks (GPUs) per worker.", "2", Derived("the smallest that fits")),
+        Key("max_model_len", int, "Longest prompt + answer the engine serves.", "4096",
+            Derived("the model's, at most 4096")),
+        Key("coarse_to_fine", (bool, dict), "First search the uniform view (one global gene per model and "
+            "parameter) for a share of the generations (true: a third), then the space's own genes seeded with "
+            "its best points.", "{uniform_share: 0.25}", False, shape="(see search.coarse_to_fine)")),
+    "search.first_pass": (
+        Key("items", int, "Dev items per set in the first pass (positive).", "20", REQUIRED),
+        Key("min_fraction", float, "Prune when the first pass scores below this fraction of the best, in (0, 1].",
+            "0.5", _S.first_pass_min_fraction)),
+    "search.coarse_to_fine": (
+        Key("uniform_share", float, "Share of the generations for the uniform stage, in (0, 1).", "0.33",
+            REQUIRED),),
+}
+
+
+def _section(name: str) -> tuple[set[str], set[str]]:
+    """A section's allowed and required keys, from SPACE_KEYS."""
+    return names(SPACE_KEYS[name]), required(SPACE_KEYS[name])
 _HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -396,7 +511,7 @@ def _resolve(path: Any, where: str, root: Path) -> str:
 def parse_space(data: Any, source: str) -> Space:
     """Validate a parsed space YAML; `source` is the file it came from (relative paths resolve against it)."""
     root = Path(source).parent
-    top = _mapping(data, source, _TOP, {"models", "merge", "genes", "eval"}, sep=": ")
+    top = _mapping(data, source, *_section(""), sep=": ")
 
     def where(key: str) -> str:
         return f"{source}: {key}"
@@ -405,7 +520,7 @@ def parse_space(data: Any, source: str) -> Space:
     names = [m.name for m in models]
     roles = {m.name: m.role for m in models}
 
-    merge = _mapping(top["merge"], where("merge"), {"method", "dtype", "parameters", "fixed"}, {"method"})
+    merge = _mapping(top["merge"], where("merge"), *_section("merge"))
     method = merge["method"]
     if method not in PER_MODEL_PARAMS:
         raise UserError(where("merge.method"), f"unknown method {method!r}", f"use one of {', '.join(sorted(PER_MODEL_PARAMS))}")
@@ -414,11 +529,11 @@ def parse_space(data: Any, source: str) -> Space:
     if method == "slerp" and len(models) != 2:
         raise UserError(where("models"), "slerp merges exactly two models (base and one other)", "list two models")
     dtype = str(merge.get("dtype", "float32"))
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         raise UserError(where("merge.dtype"), f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
     params = merge.get("parameters") or {}
     _mapping(params, where("merge.parameters"),
-             set(SHARED_PARAMS[method]) | {"normalize", "int8_mask", "rescale", "random_seed"})
+             set(SHARED_PARAMS[method]) | set(METHOD_FLAGS))
     fixed = merge.get("fixed") or {}
     _mapping(fixed, where("merge.fixed"), set(names))
     for k, v in fixed.items():
@@ -430,12 +545,12 @@ def parse_space(data: Any, source: str) -> Space:
     _check_coverage(genes, models, fixed, params, method, where)
     seeds = _parse_seeds(top.get("seeds") or [], where)
 
-    ev = _mapping(top["eval"], where("eval"), {"sets", "split", "max_items"}, {"sets"})
+    ev = _mapping(top["eval"], where("eval"), *_section("eval"))
     if not isinstance(ev["sets"], list) or not ev["sets"]:
         raise UserError(where("eval.sets"), "must be a non-empty list", "list eval-set directories")
     sets = []
     for i, s in enumerate(ev["sets"]):
-        s = _mapping(s, where(f"eval.sets[{i}]"), {"path", "weight"}, {"path"})
+        s = _mapping(s, where(f"eval.sets[{i}]"), *_section("eval.sets[]"))
         sets.append(EvalSetRef(_resolve(s["path"], where(f"eval.sets[{i}].path"), root),
                                _number(s.get("weight", 1.0), where(f"eval.sets[{i}].weight"))))
     split = ev.get("split", "dev")
@@ -443,10 +558,7 @@ def parse_space(data: Any, source: str) -> Space:
         raise UserError(where("eval.split"), f"unknown split {split!r}", "use dev (holdout is for re-checks)")
     max_items = _posint(ev["max_items"], where("eval.max_items")) if ev.get("max_items") is not None else None
 
-    s = _mapping(top.get("search") or {}, where("search"),
-                 {"optimizer", "popsize", "generations", "sigma0", "restarts", "objectives", "objective_weights",
-                  "scalarize", "max_evals", "max_minutes", "target", "finalists", "first_pass",
-                  "recheck_every", "pipeline", "tensor_parallel", "max_model_len", "coarse_to_fine"})
+    s = _mapping(top.get("search") or {}, where("search"), *_section("search"))
     if s.get("optimizer", "cmaes") not in OPTIMIZERS:
         raise UserError(where("search.optimizer"), f"unknown optimizer {s['optimizer']!r}", f"use one of {', '.join(OPTIMIZERS)}")
     d = SearchSettings()
@@ -468,7 +580,7 @@ def parse_space(data: Any, source: str) -> Space:
     fp = s.get("first_pass")
     fp_items, fp_frac = None, d.first_pass_min_fraction
     if fp is not None:
-        fp = _mapping(fp, where("search.first_pass"), {"items", "min_fraction"}, {"items"})
+        fp = _mapping(fp, where("search.first_pass"), *_section("search.first_pass"))
         fp_items = _posint(fp["items"], where("search.first_pass.items"))
         fp_frac = _number(fp.get("min_fraction", fp_frac), where("search.first_pass.min_fraction"))
         if not 0 < fp_frac <= 1:
@@ -495,7 +607,7 @@ def parse_space(data: Any, source: str) -> Space:
     build = top.get("build")
     mini, seed = None, 0
     if build is not None:
-        build = _mapping(build, where("build"), {"miniature", "seed"}, {"miniature"})
+        build = _mapping(build, where("build"), *_section("build"))
         mini = _resolve(build["miniature"], where("build.miniature"), root)
         seed = build.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -509,7 +621,7 @@ def _coarse_to_fine(raw: Any, where: str) -> float | None:
     {uniform_share: F} with 0 < F < 1."""
     if isinstance(raw, bool):
         return 1 / 3 if raw else None
-    c = _mapping(raw, where, {"uniform_share"}, {"uniform_share"})
+    c = _mapping(raw, where, *_section("search.coarse_to_fine"))
     share = _number(c["uniform_share"], f"{where}.uniform_share")
     if not 0 < share < 1:
         raise UserError(f"{where}.uniform_share", f"{share} is not in (0, 1)", "e.g. 0.33: a third of the generations")
@@ -522,7 +634,7 @@ def _parse_models(raw: Any, where, root: Path) -> tuple[ModelSpec, ...]:
     models: list[ModelSpec] = []
     for i, m in enumerate(raw):
         w = f"models[{i}]"
-        m = _mapping(m, where(w), {"name", "role", "path", "hf", "language"}, {"name", "role"})
+        m = _mapping(m, where(w), *_section("models[]"))
         if m["role"] not in ROLES:
             raise UserError(where(f"{w}.role"), f"unknown role {m['role']!r}", f"use one of {', '.join(ROLES)}")
         if m["role"] == "language" and not m.get("language"):
@@ -551,13 +663,11 @@ def _parse_models(raw: Any, where, root: Path) -> tuple[ModelSpec, ...]:
 def _parse_genes(raw: Any, where, method: str, roles: Mapping[str, str]) -> tuple[GeneSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise UserError(where("genes"), "must be a non-empty list", "declare at least one free parameter")
-    keys = {"name", "parameter", "model", "models", "granularity", "count", "modules", "tensors", "low", "high",
-            "init", "step"}
     merged = [n for n, r in roles.items() if r != "base"]
     genes: list[GeneSpec] = []
     for i, g in enumerate(raw):
         w = f"genes[{i}]"
-        g = _mapping(g, where(w), keys, {"parameter", "low", "high"})
+        g = _mapping(g, where(w), *_section("genes[]"))
         param = g["parameter"]
         if "model" in g and "models" in g:
             raise UserError(where(w), "give model or models, not both", "models: [a, b] ties one gene to several")
@@ -649,7 +759,7 @@ def _parse_seeds(raw: Any, where) -> tuple[SeedCandidate, ...]:
         raise UserError(where("seeds"), "must be a list", "e.g. - {name: uniform, values: {w_eu: 1.0}}")
     seeds = []
     for i, s in enumerate(raw):
-        s = _mapping(s, where(f"seeds[{i}]"), {"name", "values"}, {"values"})
+        s = _mapping(s, where(f"seeds[{i}]"), *_section("seeds[]"))
         vals = _mapping(s["values"], where(f"seeds[{i}].values"), set(s["values"]) if isinstance(s["values"], dict) else set())
         seeds.append(SeedCandidate(str(s.get("name", f"seed{i}")),
                                    {k: _number(v, where(f"seeds[{i}].values.{k}")) for k, v in vals.items()}))
