@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/evomerge quickstart
 
+# Two test processes, a file each at a time (module fixtures are built once): much of the suite waits on process
+# start-up (Ray, vLLM engines, kills and resumes), which the other process fills. Any pytest arguments still work:
+# `.venv/bin/python -m pytest -q tests/test_merge.py` runs in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 GPU_VENV  := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed

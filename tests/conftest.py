@@ -45,12 +45,31 @@ def llama_trio(tmp_path_factory) -> dict[str, Path]:
             "ca": make_llama(root / "ca", seed=3, parent=base)}
 
 
+# Files that take minutes (engines, Ray runs, kills, the quickstart's own models) go to the workers first: under
+# `pytest -n 2 --dist loadfile` (make test) a long file started last would leave the other worker idle at the end.
+SLOW_FIRST = ("test_quickstart.py", "test_faults.py", "test_tensor_parallel.py", "test_search_resume.py",
+              "test_backend_vllm.py", "test_gpu_acceptance.py", "test_bench_issue6.py", "test_pool.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 @pytest.fixture(scope="session")
 def miniature(tmp_path_factory):
-    """The miniature models (seed 0, so the shipped eval sets' vocabulary matches) at a small training scale."""
+    """The miniature models (seed 0, so the shipped eval sets' vocabulary matches) at a small training scale.
+
+    Built once per test run: xdist workers share the build under the run's temporary root (the first one builds,
+    holding a lock; the others wait and reuse it)."""
+    from filelock import FileLock
+
     from evomerge.miniature.build import build_miniature
 
-    return build_miniature(tmp_path_factory.mktemp("mini") / "tiny", seed=0, scale=0.1)
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # under xdist: the run's, not a worker's
+    with FileLock(str(root / "miniature.lock")):
+        return build_miniature(root / "miniature" / "tiny", seed=0, scale=0.1)
 
 
 def write_space(path: Path, mini, *, popsize: int = 4, generations: int = 2, max_items: int = 8) -> Path:
