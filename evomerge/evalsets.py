@@ -169,6 +169,10 @@ class Item:
             return self.reference
         raise ValueError(f"item {self.id} has no answer to show")
 
+    def text(self, card: Card) -> str:
+        """All the item's own text a model reads: its prompt and its choice texts."""
+        return " ".join((self.prompt(card), *self.choices))
+
     def continuations(self, card: Card) -> tuple[str, ...]:
         """The strings scored as continuations (choice texts or letters), without the target delimiter."""
         return tuple(LETTERS[: len(self.choices)]) if card.form == "letter" else self.choices

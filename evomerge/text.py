@@ -96,6 +96,28 @@ class Text:
         keep = self.max_len - max_new_tokens if max_new_tokens < self.max_len else self.max_len
         return tuple(ids[-keep:])
 
+    def unknown_share(self, text: str) -> float:
+        """The share of a text's tokens that are the tokenizer's unknown token (0.0 without one: byte-level
+        tokenizers have no unknown token)."""
+        unk = self.tokenizer.unk_token_id
+        ids = self.tokens(text) if unk is not None else []
+        return sum(t == unk for t in ids) / len(ids) if ids else 0.0
+
+    def warn_unknown(self, name: str, texts: Sequence[str], share: float = 0.5) -> None:
+        """Warn (once per set and tokenizer: Python's warning registry drops repeats) when most of a set's texts
+        are mostly unknown tokens: the model cannot read them (wrong script or language for its tokenizer), so its
+        scores on them measure nothing."""
+        texts = list(texts)
+        bad = sum(self.unknown_share(t) > share for t in texts)
+        if texts and bad > len(texts) / 2:
+            import warnings
+
+            tok = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
+            warnings.warn(f"eval set {name}: {bad} of {len(texts)} items are mostly unknown tokens "
+                          f"({self.tokenizer.unk_token!r}) for the tokenizer of {tok}: its scores on them measure "
+                          "nothing (check the set's language and script against the model's)", UserWarning,
+                          stacklevel=2)
+
     # ---- chat template ----------------------------------------------------------------------------------------
 
     def chat(self, messages: Sequence[Mapping[str, str]]) -> str:
