@@ -69,7 +69,7 @@ CASES = [
     ({"type": "capital_words", "max": 0}, "Calm words only", "CALM words"),
     ({"type": "no_commas"}, "No commas here.", "One, two."),
     ({"type": "quoted"}, '"Every mile together."', 'Every mile "together".'),
-    ({"type": "quoted"}, "«Cada cim plegats.»", "Cada cim plegats."),
+    ({"type": "quoted"}, '"Cada cim plegats."', "«Cada cim plegats.»"),  # lm-eval: straight quotes only
     ({"type": "starts_with", "text": "Honestly,"}, "  honestly, yes.", "Yes, honestly."),
     ({"type": "ends_with", "text": "Zorte on!"}, "Prestatu ondo. Zorte on!\n", "Zorte on! Prestatu ondo."),
     ({"type": "postscript", "marker": "P.D."}, "Hola.\n\nP.D. Trae la guitarra.", "Hola. Trae la guitarra."),
