@@ -8,7 +8,7 @@ Rules the rest of the code relies on:
   `index` (position in the optimizer's ask), `genome` (unit-box vector), `fitness` (the scalar the single-objective
   optimizers see), `objectives`, per-set `scores`, `worker`, timings (`merge_seconds`, `score_seconds`;
   `worker_started` / `worker_finished` in epoch seconds on the worker), and `seed_candidate` / `duplicate_of`
-  where they apply;
+  where they apply; `stage` (uniform | per_layer) in a coarse-to-fine search (stages.py);
 - a candidate ended by the cheap first pass is PRUNED, with `pruned_reason` and its first-pass scores;
 - trials a dead driver left RUNNING are failed on resume and listed in the study attribute `interrupted`; their
   candidates are evaluated again as new trials;
@@ -176,10 +176,21 @@ class Ledger:
         if not done:
             raise ValueError("no completed trial")
         hold = self.holdout() if by_holdout else {}
+        floor = dev_floor(done)  # coarse to fine: never a trial worse on dev than the best uniform one
+        hold = {n: h for n, h in hold.items() if any(t.number == n and fitness_of(t) >= floor for t in done)}
         if hold:
             number = max(hold, key=lambda n: hold[n]["fitness"])
             return next(t for t in done if t.number == number)
         return max(done, key=fitness_of)
+
+
+def dev_floor(trials) -> float:
+    """The best dev fitness of a coarse-to-fine search's uniform stage (trials with user attribute `stage` =
+    uniform, stages.py); -inf without one. Holdout picks (finalists, export) stay at or above it."""
+    import optuna
+
+    return max((fitness_of(t) for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+                and t.user_attrs.get("stage") == "uniform"), default=float("-inf"))
 
 
 def fitness_of(trial) -> float:

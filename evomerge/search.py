@@ -25,10 +25,9 @@ from evomerge.fitness import Objective, Term, parse_objectives
 from evomerge.genome import Genome
 from evomerge.hub import check_configs
 from evomerge.ledger import Ledger, fitness_of
-from evomerge.optimizers import make_optimizer
 from evomerge.pool import RayPool, check_local
 from evomerge.rundir import RunInfo, RunLock, create_run, engine_for_resume, new_info, read_run
-from evomerge.scheduler import Scheduler
+from evomerge.stages import StagedSearch, split_generations
 from evomerge.space import Space, load_space
 
 
@@ -124,9 +123,16 @@ def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
                                     tensor_parallel=opts.tensor_parallel)
     popsize = opts.popsize or space.search.popsize
     generations = opts.generations or space.search.generations
+    stages = []
+    if space.search.coarse_to_fine is not None:
+        g1 = split_generations(generations, popsize, opts.max_evals or space.search.max_evals,
+                               space.search.coarse_to_fine)
+        stages = [f"coarse to fine: generations 1-{g1} search the uniform view ("
+                  + ", ".join(g.name for g in space.uniform_genes()) + f"), {g1 + 1}-{generations} the "
+                  "space's genes, started from the uniform stage's best"]
     return "\n".join([f"{space_path}: {len(genome.genes)} dimensions, {n_layers} layers, {space.method} "
                       f"({space.dtype}); {opts.optimizer or space.search.optimizer}, {generations} generations of "
-                      f"{popsize}; {opts.workers} worker(s)",
+                      f"{popsize}; {opts.workers} worker(s)", *stages,
                       "objectives: " + ", ".join(o.name for o in objs),
                       str(choice), memory.describe()])
 
@@ -174,15 +180,13 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
             left = ledger.fail_interrupted()
             if left:
                 print(f"{len(left)} trial(s) left running by the previous driver were failed and will be re-asked")
-        optimizer = make_optimizer(opt_name, x0=genome.initial(), stds=genome.stds(), popsize=popsize,
-                                   seed=info.seed, n_objectives=len(names), sigma0=st.sigma0 or 1.0,
-                                   restarts=st.restarts)
         pipeline = ledger.schedule(st.pipeline if opts.pipeline is None else opts.pipeline)
         pool = RayPool(space, n_layers, run_dir, workers=opts.workers, seed=info.seed, backend=opts.backend,
                        tensor_parallel=opts.tensor_parallel, address=opts.address, objectives=objs, weights=weights,
                        recorded_device=info.device)
-        loop = Scheduler(space, genome, ledger, optimizer, pool, objs, weights, st.scalarize, multi, opts.progress,
-                         pipeline)
+        loop = StagedSearch(space, genome, ledger, pool, objs, weights, optimizer=opt_name, seed=info.seed,
+                            popsize=popsize, multi=multi, progress=opts.progress, pipeline=pipeline,
+                            sigma0=st.sigma0 or 1.0, restarts=st.restarts)
         started = time.monotonic()
         stopped = "done"
         previous = signal.getsignal(signal.SIGINT)
@@ -194,7 +198,7 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
 
         signal.signal(signal.SIGINT, on_sigint)
         try:
-            stopped = loop.run(generations, popsize, max_evals, max_minutes, target, started,
+            stopped = loop.run(generations, max_evals, max_minutes, target, started,
                                recheck=(st.recheck_every, finalists))
             if stopped != "interrupted" and finalists > 0:
                 loop.recheck_finalists(finalists)
