@@ -137,6 +137,34 @@ def _outputs(backend: HFBackend, p: PreparedSet) -> list:
     return backend.loglikelihoods(p.requests)
 
 
+def _all_outputs(backend: HFBackend, prepared: Sequence[PreparedSet]) -> list[list]:
+    """`_outputs` of every set, the instruction sets' prompts generated once for all of them (`generations`)."""
+    gen = iter(generations(backend, [p for p in prepared if isinstance(p, GenerationSet)]))
+    return [next(gen) if isinstance(p, GenerationSet) else _outputs(backend, p) for p in prepared]
+
+
+def generations(backend: HFBackend, sets: Sequence[GenerationSet]) -> list[list[str]]:
+    """Each set's responses, every distinct prompt generated once for all the sets that hold it (the miniature's
+    fidelity and answers sets ask the same questions).
+
+    A greedy answer is the same token by token whatever the budget and stop strings, so a prompt is generated
+    with the largest budget of its sets and only the stop strings they all have (any one of those ends every
+    set's answer); each set then takes its own budget of the tokens and cuts at its own stop strings, exactly
+    what generating it alone gives."""
+    need: dict[tuple[int, ...], tuple[int, frozenset[str]]] = {}
+    for p in sets:
+        for prompt in p.prompts:
+            n, stops = need.get(prompt, (0, None))
+            need[prompt] = (max(n, p.max_new_tokens), frozenset(p.stop) if stops is None else stops & set(p.stop))
+    calls: dict[tuple[int, tuple[str, ...]], list[tuple[int, ...]]] = {}
+    for prompt, (n, stops) in need.items():
+        calls.setdefault((n, tuple(sorted(stops))), []).append(prompt)
+    ids: dict[tuple[int, ...], list[int]] = {}
+    for (n, stop), prompts in calls.items():
+        ids.update(zip(prompts, backend.generate_ids(prompts, n, stop)))
+    return [[backend.text.answer(ids[q][:p.max_new_tokens], p.stop) for q in p.prompts] for p in sets]
+
+
 def _per_item(p: ChoiceSet | TextSet, lls: Sequence[float]) -> list[list[float]]:
     return [list(lls[a:b]) for a, b in zip(p.offsets[:-1], p.offsets[1:])]
 
@@ -172,7 +200,10 @@ def score_set_records(backend: HFBackend, p: PreparedSet) -> tuple[SetScores, li
     the text it was scored after; for multiple choice each scored string's log-likelihood, the choice acc and
     acc_norm pick, gold and gold_prob; for instructions the response and each constraint's strict and loose
     verdict; for perplexity the text's log-likelihood (nats) and bytes."""
-    outputs = _outputs(backend, p)
+    return _records(p, _outputs(backend, p))
+
+
+def _records(p: PreparedSet, outputs: list) -> tuple[SetScores, list[dict]]:
     scores, values, per_item = _scored(p, outputs)
     records: list[dict] = []
     if isinstance(p, ChoiceSet):
@@ -203,13 +234,14 @@ def _at(values: Sequence[str], k: int) -> str | None:
 
 def score(backend: HFBackend, prepared: Sequence[PreparedSet],
           records: list[dict] | None = None) -> dict[str, SetScores]:
-    """Score every prepared set with the backend's current weights; with a `records` list, each item's record
-    (`score_set_records`) is appended to it."""
+    """Score every prepared set with the backend's current weights, each distinct generation prompt generated
+    once (`generations`); with a `records` list, each item's record (`score_set_records`) is appended to it."""
+    outputs = _all_outputs(backend, prepared)
     if records is None:
-        return {p.name: score_set(backend, p) for p in prepared}
+        return {p.name: _scored(p, o)[0] for p, o in zip(prepared, outputs)}
     out = {}
-    for p in prepared:
-        out[p.name], rows = score_set_records(backend, p)
+    for p, o in zip(prepared, outputs):
+        out[p.name], rows = _records(p, o)
         records += rows
     return out
 

@@ -232,12 +232,18 @@ class VLLMBackend:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
         """Greedy continuations of prompts (token ids), ended by an end-of-sequence token or cut before the first
         stop string; decoded like the Hugging Face backend (our tokenizer, special tokens skipped)."""
+        return [self.text.answer(ids, stop) for ids in self.generate_ids(prompts, max_new_tokens, stop)]
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     stop: Sequence[str] = ()) -> list[list[int]]:
+        """The generated token ids of greedy continuations (at most max_new_tokens, the stop string's tokens
+        kept): `self.text.answer` makes the text."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop) or None,
                                 include_stop_str_in_output=True)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return [self.text.answer(o.outputs[0].token_ids, stop) for o in outputs]
+        return [list(o.outputs[0].token_ids) for o in outputs]
 
 
 def _default_max_len(path: str) -> int:
