@@ -161,7 +161,10 @@ def render() -> str:
 
 
 def main() -> int:
-    sys.stdout.write(render())
+    # through the package, not this __main__ copy: the validators' tables hold evomerge.reference's Key and Derived
+    from evomerge import reference
+
+    sys.stdout.write(reference.render())
     return 0
 
 
