@@ -186,10 +186,7 @@ def _check_address(address: str) -> None:
 
 
 def _print_summary(summary) -> None:
-    print(f"{summary.n_complete} completed, {summary.n_failed} failed; best fitness "
-          f"{'-' if summary.best_value is None else f'{summary.best_value:.6f}'} (trial {summary.best_trial})"
-          + ("" if summary.stopped == "done" else f"; stopped: {summary.stopped} (continue with evomerge resume "
-             f"{summary.run_dir})"))
+    print(summary.report())
     print(f"study: {summary.run_dir / 'study.db'}   export with: evomerge export {summary.run_dir}")
 
 

@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
     genome_genes = space.expand(info.n_layers)
     ledger = Ledger.open(run_dir, info.name, genome_genes, create=False)
     try:
-        best = ledger.best()
+        best = pick = ledger.best()
     except ValueError:
         raise UserError(str(run_dir), "no completed trial to export", "run or resume the search first") from None
     if trial is not None:
@@ -46,7 +46,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
         if trial not in done:
             raise UserError("--trial", f"run {info.name!r} has no completed trial {trial}", "see evomerge status RUN")
         best = done[trial]
-    holdout = ledger.holdout().get(best.number)
+    rechecked = ledger.holdout()
+    holdout = rechecked.get(best.number)
+    # how the trial was chosen: a --trial that is the ledger's holdout pick (the quickstart's) was chosen on holdout
+    chosen = ("holdout" if holdout is not None and best.number == pick.number else "dev" if trial is None
+              else "--trial")
     value = fitness_of(best)
     # the recipe as exported states where the tokenizer and any extra vocabulary rows come from when the models'
     # vocabularies differ, so mergekit-yaml builds the same model
@@ -60,13 +64,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
     out = Path(out_dir) if out_dir else run_dir / "export"
     _check_replaceable(out)
     recipe_path = out / "recipe.yaml"
-    picked = (f"holdout fitness {holdout['fitness']:.6f} (best of the finalists re-scored on holdout), dev {value:.6f}"
-              if holdout else f"fitness {value:.6f} (dev split)")
+    picked = {"holdout": f"holdout fitness {holdout['fitness']:.6f} (best of the {len(rechecked)} trials re-scored on "
+                         f"holdout), dev {value:.6f}" if holdout else "",
+              "dev": f"fitness {value:.6f} (dev split)",
+              "--trial": f"chosen with --trial: dev fitness {value:.6f}"
+                         + (f", holdout {holdout['fitness']:.6f}" if holdout else "")}[chosen]
     header = [f"evomerge run {info.name!r}, trial {best.number}, {picked}",
               f"reproduce with: evomerge merge {recipe_path} OUT_DIR   (or: mergekit-yaml {recipe_path} OUT_DIR)"]
-    manifest = {"run": info.name, "trial": best.number, "dev_fitness": value,
+    manifest = {"run": info.name, "trial": best.number, "chosen": chosen, "dev_fitness": value,
                 "holdout_fitness": holdout["fitness"] if holdout else None,
-                "objectives": best.user_attrs.get("objectives"), "params": best.params,
+                "objectives": best.user_attrs.get("objectives"),
+                "holdout_objectives": _holdout_objectives(space, holdout) if holdout else None,
+                "params": best.params,
                 "dev_scores": best.user_attrs.get("scores"), "holdout_scores": holdout["scores"] if holdout else None,
                 "effective_weights": effective_weights(recipe, info.n_layers),
                 "seed": info.seed, "eval_sets": _eval_set_hashes(space), "versions": _versions(info.evomerge),
@@ -94,6 +103,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
 
 
 _EXPORT_FILES = {"recipe.yaml", "manifest.json", "model"}
+
+
+def _holdout_objectives(space, entry) -> dict[str, float] | None:
+    """The exported trial's objectives on holdout, from its recorded holdout scores (holdout.py)."""
+    from evomerge.holdout import recorded_objectives
+    from evomerge.search import load_objectives
+
+    try:
+        objs, _, _ = load_objectives(space, allow_test_splits=True)
+        return recorded_objectives(entry, objs)
+    except (UserError, KeyError):  # eval sets moved since the search: the per-set scores are still there
+        return None
 
 
 def _check_replaceable(out: Path) -> None:

@@ -66,6 +66,30 @@ class SearchSummary:
     best_trial: int | None
     best_per_generation: tuple[float | None, ...]
     stopped: str = "done"  # done | max_evals | max_minutes | target | interrupted
+    # best_value / best_trial are what export takes: the best on holdout when finalists were re-checked (then
+    # best_value is that trial's dev fitness), else the best dev fitness; the dev leader may be another trial
+    dev_best_value: float | None = None
+    dev_best_trial: int | None = None
+    holdout_value: float | None = None  # best_trial's holdout fitness (None: no finalist re-check)
+    n_interrupted: int = 0  # trials a dead driver left running (failed on resume, evaluated again; not in n_failed)
+
+    def report(self) -> str:
+        """The search's last line: what completed, the best dev fitness and, when finalists were re-checked on
+        holdout, the trial export takes (chosen on holdout) with both of its fitnesses, so that neither is taken
+        for the other."""
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        line = f"{self.n_complete} completed, {self.n_failed} failed" + (
+            f", {self.n_interrupted} interrupted (evaluated again)" if self.n_interrupted else "")
+        line += f"; best dev fitness {f(self.dev_best_value)} (trial {self.dev_best_trial})"
+        if self.holdout_value is not None:
+            same = " (the dev leader)" if self.best_trial == self.dev_best_trial else ""
+            line += (f"; export takes trial {self.best_trial}{same}, chosen on holdout: holdout "
+                     f"{f(self.holdout_value)}, dev {f(self.best_value)}")
+        if self.stopped != "done":
+            line += f"; stopped: {self.stopped} (continue with evomerge resume {self.run_dir})"
+        return line
 
 
 def ensure_models(space: Space, log: Callable[[str], None] = print) -> None:
@@ -134,7 +158,27 @@ def plan_search(space_path: str | Path, opts: SearchOptions) -> str:
                       f"({space.dtype}); {opts.optimizer or space.search.optimizer}, {generations} generations of "
                       f"{popsize}; {opts.workers} worker(s)", *stages,
                       "objectives: " + ", ".join(o.name for o in objs),
-                      str(choice), memory.describe()])
+                      budget_line(space, generations, popsize, opts), str(choice), memory.describe()])
+
+
+def budget_line(space: Space, generations: int, popsize: int, opts: SearchOptions) -> str:
+    """What `--dry-run` says of the budget: the evaluations in all and whether the seed candidates count toward
+    them (they do: the scheduler hands them out in the first generation's slots, scheduler.py `_ask_rest`)."""
+    st = space.search
+    total = generations * popsize
+    max_evals = opts.max_evals or st.max_evals
+    line = f"budget: at most {total} evaluations ({generations} generations x {popsize})"
+    if max_evals is not None and max_evals < total:
+        line += f", capped at {max_evals} by max_evals"
+    n = len(space.seeds)
+    line += (f"; the {n} seed candidate(s) take slots of the first generation(s) and count toward them" if n else
+             "; no seed candidates")
+    line += "; a genome equal to an evaluated one is recorded without an evaluation and does not count"
+    finalists = opts.finalists if opts.finalists is not None else st.finalists
+    if finalists:
+        again = f", also every {st.recheck_every} generations" if st.recheck_every else ""
+        line += f"; plus {finalists} finalist re-check(s) on holdout at the end{again} (not counted)"
+    return line
 
 
 def load_objectives(space: Space, allow_test_splits: bool) -> tuple[tuple[Objective, ...], dict[str, float], Any]:
@@ -212,8 +256,13 @@ def _summary(ledger: Ledger, run_dir: Path, per_gen: tuple[float | None, ...], s
     import optuna
 
     trials = ledger.trials()
+    interrupted = set(ledger.interrupted())
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in interrupted]
     best = ledger.best() if ok else None
+    dev_best = ledger.best(by_holdout=False) if ok else None
+    hold = ledger.holdout().get(best.number) if best else None
     return SearchSummary(run_dir, len(ok), len(failed), fitness_of(best) if best else None,
-                         best.number if best else None, per_gen, stopped)
+                         best.number if best else None, per_gen, stopped,
+                         fitness_of(dev_best) if dev_best else None, dev_best.number if dev_best else None,
+                         hold["fitness"] if hold else None, len(interrupted))
