@@ -227,7 +227,7 @@ def _enclosed_rule(r: str, open: str, close: str) -> bool:
     # a span opened by `open` and closed by the next `close`, with text between: ¿...? and ¡...! (IFEval_es/ca's
     # question_marks and exclamation_marks)
     spans = re.findall(rf"{re.escape(open)}(.*?){re.escape(close)}", r, flags=re.DOTALL)
-    return any(s.strip() for s in spans)
+    return any(s.lstrip(open).strip() for s in spans)  # lm-eval's es/ca checks: "¿¿?" is empty too
 
 
 def _contains_any_rule(r: str, options: list[str]) -> bool:

@@ -20,6 +20,8 @@ CASES = [
     ({"type": "paragraphs", "count": 2, "separator": "***"}, "One.\n***\nTwo.", "One.\n\nTwo."),
     ({"type": "paragraph_first_word", "count": 2, "nth": 2, "word": "Mentrestant"},
      "La tardor.\n\nMentrestant, plou.", "La tardor.\n\nDesprés, plou."),
+    ({"type": "paragraph_first_word", "count": 2, "nth": 2, "word": "mientras tanto", "words": "all"},
+     "Llueve.\n\n(Mientras) tanto, nada.", "Llueve.\n\nMientras, nada."),
     ({"type": "include_keywords", "words": ["caldera", "técnico"]}, "La caldera no va; llamé al técnico.",
      "La caldera no va."),
     ({"type": "include_keywords", "words": ["pan"]}, "Pan recién hecho.", "Panadería abierta."),
@@ -33,6 +35,8 @@ CASES = [
     ({"type": "letter_count", "letter": "z", "min": 2}, "Zazpi", "Bost"),
     ({"type": "bullets", "count": 2}, "* one\n- two", "* one\n* two\n* three"),
     ({"type": "bullets", "count": 1}, "Intro:\n* only one", "*not a bullet*\n* one\n*  two"),
+    ({"type": "bullets", "count": 2, "markers": "*"}, "* one\n- dash\n* two", "- one\n- two"),
+    ({"type": "bullets", "count": 2}, "*Emphasis* opens a line.\n---", "**Bold** line\n* one"),  # lm-eval's rule
     ({"type": "numbered_items", "count": 3}, "1. a\n2. b\n3) c", "1. a\n2. b"),
     ({"type": "highlights", "min": 2}, "Some *key idea* and **another**.", "Only *one* here."),
     ({"type": "sections", "count": 2, "marker": "SECCIÓ"}, "SECCIÓ 1\nA\nSECCIÓ 2\nB", "SECCIÓ 1\nA and B"),
@@ -72,7 +76,10 @@ CASES = [
     ({"type": "quoted"}, '"Cada cim plegats."', "«Cada cim plegats.»"),  # lm-eval: straight quotes only
     ({"type": "starts_with", "text": "Honestly,"}, "  honestly, yes.", "Yes, honestly."),
     ({"type": "ends_with", "text": "Zorte on!"}, "Prestatu ondo. Zorte on!\n", "Zorte on! Prestatu ondo."),
+    ({"type": "ends_with", "text": "Eso es todo"}, '"Bien. Eso es todo"', "Bien. Eso es todo."),
+    ({"type": "ends_with", "text": "Eso es todo", "strip_period": True}, "Bien. Eso es todo.", "Bien. Eso es todo.."),
     ({"type": "postscript", "marker": "P.D."}, "Hola.\n\nP.D. Trae la guitarra.", "Hola. Trae la guitarra."),
+    ({"type": "postscript", "marker": "P.P.S"}, "Hola. p. p. s. trae la guitarra.", "Hola.\nP.S. Trae la guitarra."),
     ({"type": "two_responses"}, "Pepper.\n******\nBiscuit.", "Pepper.\n******\nPepper."),
     ({"type": "two_responses", "separator": "---"}, "A\n---\nB", "A\n******\nB"),
     ({"type": "response_language", "language": "eu"},
@@ -120,6 +127,9 @@ def test_loose_forgives_a_preamble_and_markdown():
     ({"type": "words_containing", "chars": "ñ"}, "needs min or max"),
     ({"type": "enclosed", "open": "¿"}, "close"),
     ({"type": "contains_any", "options": []}, "options"),
+    ({"type": "bullets", "count": 2, "markers": "+"}, "markers"),
+    ({"type": "paragraph_first_word", "count": 2, "nth": 1, "word": "a", "words": "some"}, "words"),
+    ({"type": "ends_with", "text": "x", "strip_period": "yes"}, "strip_period"),
     (["words"], "mapping"),
 ])
 def test_malformed_constraints_are_refused(bad, where):

@@ -136,9 +136,16 @@ _GOOGLE: dict[str, Mapper] = {
     "change_case:english_capital": lambda k, g: {"type": "uppercase", "language": g.lang},
     "change_case:english_lowercase": lambda k, g: {"type": "lowercase", "language": g.lang},
 }
-# lm-eval's multilingual registry (es:/ca: ids), with its language-specific instructions
+# lm-eval's multilingual registry (es:/ca: ids), with its language-specific instructions and its own variants of
+# three common checks: bullets are `*` lines only, a final period is ignored by the end check, and the nth
+# paragraph starts with every word of `first_word`, punctuation removed
 _BSC: dict[str, Mapper] = {
     **_COMMON,
+    "detectable_format:number_bullet_lists": lambda k, g: {"type": "bullets", "count": int(k["num_bullets"]),
+                                                           "markers": "*"},
+    "startend:end_checker": lambda k, g: {"type": "ends_with", "text": k["end_phrase"], "strip_period": True},
+    "length_constraints:nth_paragraph_first_word": lambda k, g: {
+        **_COMMON["length_constraints:nth_paragraph_first_word"](k, g), "words": "all"},
     "change_case:spanish_capital": lambda k, g: {"type": "uppercase", "language": "es"},
     "change_case:spanish_lowercase": lambda k, g: {"type": "lowercase", "language": "es"},
     "change_case:catalan_capital": lambda k, g: {"type": "uppercase", "language": "ca"},
