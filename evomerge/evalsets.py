@@ -309,7 +309,8 @@ def parse_card(raw: Any, where: str) -> Card:
                         f"use one of {', '.join(METRICS[kind])}")
     for key in CARD_KEYS:
         if key.name in raw and not key.accepts(raw[key.name]) and not key.choices:
-            raise UserError(f"{where}: {key.name}", f"must be a {key.type_name}", f"e.g. {key.name}: {key.example}")
+            raise UserError(f"{where}: {key.name}", f"must be of type {key.type_name}, not {type(raw[key.name]).__name__}",
+                            f"e.g. {key.name}: {key.example}")
     if kind != "perplexity" and "prompt" not in raw:
         raise UserError(f"{where}: prompt", "missing", 'a template over item fields, e.g. "{question}"')
     jinja = _JINJA.search(raw.get("prompt", ""))
@@ -338,7 +339,7 @@ def parse_card(raw: Any, where: str) -> Card:
                         f"known keys: {', '.join(sorted(names(ORIGIN_KEYS)))}")
     for key in ORIGIN_KEYS:
         if key.name in origin and not key.accepts(origin[key.name]):
-            raise UserError(f"{where}: origin.{key.name}", f"must be a {key.type_name}", f"e.g. {key.example}")
+            raise UserError(f"{where}: origin.{key.name}", f"must be of type {key.type_name}", f"e.g. {key.example}")
     values = dict(raw)
     if "stop" in values:
         values["stop"] = tuple(values["stop"])
