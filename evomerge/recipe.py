@@ -1,8 +1,10 @@
 """A merge recipe: what to merge, how, and with which coefficient for every tensor.
 
-The recipe is mergekit's YAML schema (the `models:` form), so an exported recipe runs unchanged with
-`mergekit-yaml`, and a mergekit YAML file is a valid input to `evomerge merge`. Pure: no torch, no file reads
-beyond the YAML text handed in.
+The recipe is mergekit's YAML schema, so an exported recipe runs unchanged with `mergekit-yaml`, and a mergekit
+YAML file is a valid input to `evomerge merge`. Pure: no torch, no file reads beyond the YAML text handed in.
+Both of mergekit's forms are read: `models:` (what evomerge writes) and `slices:` (what mergekit-evolve writes), the
+latter as long as every output layer is the same input layer of every model (see `Slice`); a recipe read in one
+form is written back in that form.
 
 Parameter values follow mergekit 0.1.5 exactly:
 - a scalar applies to every tensor;
@@ -13,7 +15,10 @@ Parameter values follow mergekit 0.1.5 exactly:
   (no filter, or "*", matches everything), then evaluates V as above.
 A per-model parameter (weight, density, gamma, epsilon) is read from the model's own `parameters`, then from the
 recipe-wide `parameters`, then the method's default; a method-wide parameter (normalize, lambda, t, ...) from the
-recipe-wide `parameters` only. A filter list that matches no condition falls through to the next source.
+recipe-wide `parameters` only. In the slices form a slice's `parameters` come between the two, and t runs over the
+slice's own layers (i / (n - 1) for its i-th of n layers); tensors outside the layers take the first slice's
+settings (embeddings) or the last slice's (final norm, lm_head), at t = 0. A filter list that matches no condition
+falls through to the next source.
 Unlike mergekit, which ignores parameter names its method does not know, a recipe with one is refused (a typo such
 as `desnity` would otherwise silently merge densely).
 """
@@ -79,7 +84,11 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {"density": (0.0, 1.0, Fal
                                                         "gamma": (0.0, 1.0, True, False),
                                                         "epsilon": (0.0, 0.5, True, False)}
 DTYPES = ("float32", "bfloat16", "float16")
-_TOP_KEYS = {"merge_method", "models", "base_model", "parameters", "dtype", "tokenizer_source", "name"}
+_TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "tokenizer_source", "name"}
+_SLICE_KEYS = {"sources", "base_model", "parameters"}
+_SOURCE_KEYS = {"model", "layer_range", "parameters"}
+_SLICES_SUPPORTED = ("supported: every source of a slice covers the same layer_range, and the slices follow one "
+                     "another from layer 0 to the last layer (no layer moved, repeated or dropped)")
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,23 @@ class ModelEntry:
 
     model: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One entry of mergekit's `slices:` form: decoder layers [start, end) of every model, merged with this slice's
+    settings. `models` are the slice's sources as written (each with its own parameters), `parameters` the
+    slice-wide ones. Only slices that keep every layer in place are read (each source's layer_range is [start, end)
+    and the slices tile the layers in order), so the merged model has the inputs' architecture."""
+
+    start: int
+    end: int
+    models: tuple[ModelEntry, ...]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def entry(self, model: str) -> tuple[int, ModelEntry]:
+        """This slice's source `model`: (its index in the slice, the entry)."""
+        return next((i, m) for i, m in enumerate(self.models) if m.model == model)
 
 
 @dataclass(frozen=True)
@@ -112,7 +138,8 @@ class TensorCoefficients:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated merge recipe in mergekit's `models:` form."""
+    """A validated merge recipe in mergekit's `models:` form, or its `slices:` form: then `slices` holds the
+    per-slice settings and `models` lists the models (those of the first slice, in its order) without parameters."""
 
     merge_method: str
     models: tuple[ModelEntry, ...]
@@ -120,6 +147,7 @@ class Recipe:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     tokenizer_source: str | None = None
+    slices: tuple[Slice, ...] = ()
 
     def __post_init__(self) -> None:
         if self.merge_method not in METHOD_DEFAULTS:
@@ -141,29 +169,50 @@ class Recipe:
                             "list the base model and one other model")
         self._check_parameters()
 
+    def _contexts(self) -> list[tuple[list[tuple[str, ModelEntry]], list[tuple[str, Mapping[str, Any]]]]]:
+        """Where settings live, one context per slice (one in the models form): every model's own parameters (with
+        the field naming them), then the wider scopes, nearest first."""
+        if not self.slices:
+            return [([(f"models[{i}].parameters", m) for i, m in enumerate(self.models)],
+                     [("parameters", self.parameters)])]
+        return [([(f"slices[{s}].sources[{j}].parameters", m) for j, m in enumerate(sl.models)],
+                 [(f"slices[{s}].parameters", sl.parameters), ("parameters", self.parameters)])
+                for s, sl in enumerate(self.slices)]
+
     def _check_parameters(self) -> None:
         shared, per_model = METHOD_DEFAULTS[self.merge_method], PER_MODEL_DEFAULTS[self.merge_method]
         known = ", ".join(sorted({*shared, *per_model}))
-        scopes = [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(self.models)]
-        for where, params in scopes:
-            for key in params:
-                if key in shared:
-                    raise UserError(f"{where}.{key}", f"{key} is a method-wide parameter of {self.merge_method}",
-                                    "set it under the recipe's parameters")
-                if key not in per_model:
-                    raise UserError(f"{where}.{key}", f"unknown parameter for {self.merge_method}", f"known: {known}")
-        for key in self.parameters:
-            if key not in shared and key not in per_model:
-                raise UserError(f"parameters.{key}", f"unknown parameter for {self.merge_method}", f"known: {known}")
-        for key, default in shared.items():
-            if default is REQUIRED and key not in self.parameters:
-                raise UserError(f"parameters.{key}", "missing", f"{self.merge_method} needs {key}")
-        for entry in self.inputs:
-            for key, default in per_model.items():
-                if default is REQUIRED and key not in entry.parameters and key not in self.parameters:
-                    raise UserError(f"models[{self.models.index(entry)}].parameters.{key}", "missing",
-                                    f"give every model a {key}")
-        for where, params in scopes + [("parameters", self.parameters)]:
+        if self.slices and any(m.parameters for m in self.models):
+            raise UserError("models", "a slices recipe keeps its parameters in the slices",
+                            "set them under each slice's sources or parameters")
+        contexts = self._contexts()
+        for own, wide in contexts:
+            for where, entry in own:
+                for key in entry.parameters:
+                    if key in shared:
+                        raise UserError(f"{where}.{key}", f"{key} is a method-wide parameter of {self.merge_method}",
+                                        f"set it under the {'slice' if self.slices else 'recipe'}'s parameters")
+                    if key not in per_model:
+                        raise UserError(f"{where}.{key}", f"unknown parameter for {self.merge_method}",
+                                        f"known: {known}")
+            for where, params in wide:
+                for key in params:
+                    if key not in shared and key not in per_model:
+                        raise UserError(f"{where}.{key}", f"unknown parameter for {self.merge_method}",
+                                        f"known: {known}")
+            for key, default in shared.items():
+                if default is REQUIRED and not any(key in params for _, params in wide):
+                    raise UserError(f"{wide[0][0]}.{key}", "missing", f"{self.merge_method} needs {key}")
+            for where, entry in own:
+                if entry.model == self.base_model:
+                    continue
+                for key, default in per_model.items():
+                    if default is REQUIRED and key not in entry.parameters and \
+                            not any(key in params for _, params in wide):
+                        raise UserError(f"{where}.{key}", "missing", f"give every model a {key}")
+        scopes = {where: params for own, wide in contexts for where, params in
+                  [(w, e.parameters) for w, e in own] + wide}
+        for where, params in scopes.items():
             for key, setting in params.items():
                 if key in _RANGES:
                     low, high, low_in, high_in = _RANGES[key]
@@ -172,9 +221,10 @@ class Recipe:
                             interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
                             raise UserError(f"{where}.{key}", f"{v} is outside {interval}",
                                             f"keep {key} inside {interval}")
-        seed = self.parameters.get("random_seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise UserError("parameters.random_seed", f"must be one integer, got {seed!r}", "e.g. random_seed: 0")
+        for where, params in scopes.items():
+            seed = params.get("random_seed")
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise UserError(f"{where}.random_seed", f"must be one integer, got {seed!r}", "e.g. random_seed: 0")
 
     @property
     def inputs(self) -> tuple[ModelEntry, ...]:
@@ -187,28 +237,52 @@ class Recipe:
         names = [self.base_model] if self.base_model else []
         return tuple(names + [m.model for m in self.inputs])
 
-    def coefficients(self, tensor_name: str, n_layers: int) -> TensorCoefficients:
-        """Resolve every parameter for one tensor, the way mergekit does: a model's own setting, then the recipe's,
-        then the method's default; a filter list that matches nothing falls through to the next of these."""
+    def _locate(self, tensor_name: str, n_layers: int) -> tuple[float, str, list[tuple[str, ModelEntry]],
+                                                                    list[Mapping[str, Any]]]:
+        """For one tensor: its position t for gradients, the field of its nearest wide scope, each input's own
+        settings (in `inputs` order, with the field naming them) and the wide scopes, nearest first."""
         place = place_of(tensor_name)
-        if place.layer is None:
-            t = 0.0
+        if not self.slices:
+            if place.layer is None:
+                t = 0.0
+            else:
+                t = place.layer / (n_layers - 1) if n_layers > 1 else 1.0
+            own = [(f"models[{self.models.index(m)}].parameters", m) for m in self.inputs]
+            return t, "parameters", own, [self.parameters]
+        if self.slices[-1].end != n_layers:
+            raise UserError(f"slices[{len(self.slices) - 1}]",
+                            f"the slices cover layers 0-{self.slices[-1].end - 1} but the models have {n_layers}",
+                            f"end the last layer_range at {n_layers}")
+        if place.layer is None:  # mergekit: embeddings before the first slice, norm and lm_head after the last
+            s, t = (0 if place.kind == "embed" else len(self.slices) - 1), 0.0
         else:
-            t = place.layer / (n_layers - 1) if n_layers > 1 else 1.0
+            s = next(i for i, sl in enumerate(self.slices) if sl.start <= place.layer < sl.end)
+            n = self.slices[s].end - self.slices[s].start
+            t = (place.layer - self.slices[s].start) / (n - 1) if n > 1 else 1.0
+        sl = self.slices[s]
+        own = []
+        for m in self.inputs:
+            j, entry = sl.entry(m.model)
+            own.append((f"slices[{s}].sources[{j}].parameters", entry))
+        return t, f"slices[{s}].parameters", own, [sl.parameters, self.parameters]
+
+    def coefficients(self, tensor_name: str, n_layers: int) -> TensorCoefficients:
+        """Resolve every parameter for one tensor, the way mergekit does: a model's own setting, then the slice's
+        (slices form), then the recipe's, then the method's default; a filter list that matches nothing falls
+        through to the next of these."""
+        t, where_wide, own, wide = self._locate(tensor_name, n_layers)
         shared = {}
         for key, default in METHOD_DEFAULTS[self.merge_method].items():
-            shared[key] = self._resolve(key, default, [self.parameters], tensor_name, t, f"parameters.{key}")
+            shared[key] = self._resolve(key, default, wide, tensor_name, t, f"{where_wide}.{key}")
         per_model: dict[str, list[float]] = {key: [] for key in PER_MODEL_DEFAULTS[self.merge_method]}
-        for entry in self.inputs:
-            where = f"models[{self.models.index(entry)}].parameters"
+        for where, entry in own:
             for key, default in PER_MODEL_DEFAULTS[self.merge_method].items():
-                value = self._resolve(key, default, [entry.parameters, self.parameters], tensor_name, t,
-                                      f"{where}.{key}")
+                value = self._resolve(key, default, [entry.parameters, *wide], tensor_name, t, f"{where}.{key}")
                 per_model[key].append(value)
         if self.merge_method in _DELLA:
-            for entry, d, e in zip(self.inputs, per_model["density"], per_model["epsilon"]):
+            for (where, _), d, e in zip(own, per_model["density"], per_model["epsilon"]):
                 if d < 1 and not (0 < d - e and d + e < 1):  # mergekit raises a ValueError mid-merge here
-                    raise UserError(f"models[{self.models.index(entry)}].parameters.epsilon",
+                    raise UserError(f"{where}.epsilon",
                                     f"density +/- epsilon must lie inside (0, 1); density {d:g}, epsilon {e:g} "
                                     f"at {tensor_name}", "keep epsilon below min(density, 1 - density)")
         frozen = {key: tuple(values) for key, values in per_model.items()}
@@ -229,12 +303,16 @@ class Recipe:
 
     # --- mergekit YAML in and out -------------------------------------------------------------------------
     def to_mergekit(self) -> dict[str, Any]:
-        """The recipe as a mergekit configuration dict (dump it with yaml.safe_dump)."""
+        """The recipe as a mergekit configuration dict (dump it with yaml.safe_dump), in the form it was read in."""
         out: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model:
             out["base_model"] = self.base_model
-        out["models"] = [{"model": m.model, "parameters": _plain(m.parameters)} if m.parameters
-                         else {"model": m.model} for m in self.models]
+        if self.slices:
+            out["slices"] = [_with_parameters({"sources": [_with_parameters(
+                {"model": m.model, "layer_range": [sl.start, sl.end]}, m.parameters) for m in sl.models]},
+                sl.parameters) for sl in self.slices]
+        else:
+            out["models"] = [_with_parameters({"model": m.model}, m.parameters) for m in self.models]
         if self.parameters:
             out["parameters"] = _plain(self.parameters)
         out["dtype"] = self.dtype
@@ -244,38 +322,103 @@ class Recipe:
 
     @classmethod
     def from_mergekit(cls, data: Any, where: str = "recipe") -> "Recipe":
-        """Validate a mergekit configuration dict (`models:` form)."""
+        """Validate a mergekit configuration dict (`models:` or `slices:` form)."""
         if not isinstance(data, dict):
             raise UserError(where, "expected a mapping at the top level", "see search_spaces/ for examples")
         unknown = set(data) - _TOP_KEYS
-        if "slices" in data:
-            raise UserError(f"{where}: slices", "the slices form is not supported yet", "use the models: form")
         if unknown:
             raise UserError(f"{where}: {sorted(unknown)[0]}", "unknown key", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
-        models = data.get("models")
-        if not isinstance(models, list) or not models:
-            raise UserError(f"{where}: models", "must be a non-empty list", "e.g. - model: path/to/model")
-        entries = []
-        for i, m in enumerate(models):
-            if not isinstance(m, dict) or not isinstance(m.get("model"), str):
-                raise UserError(f"{where}: models[{i}]", "must be a mapping with a 'model' path", "- model: path")
-            params = m.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise UserError(f"{where}: models[{i}].parameters", "must be a mapping", "e.g. {weight: 0.5}")
-            for key, value in params.items():
-                _check_setting(value, f"{where}: models[{i}].parameters.{key}")
-            entries.append(ModelEntry(m["model"], params))
-        params = data.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise UserError(f"{where}: parameters", "must be a mapping", "e.g. {normalize: true}")
+        base_model = data.get("base_model")
+        slices: tuple[Slice, ...] = ()
+        if "slices" in data:
+            if "models" in data:
+                raise UserError(f"{where}: models", "a recipe has either models or slices, not both",
+                                "keep one of the two")
+            slices, base_model = _read_slices(data["slices"], base_model, where)
+            models = tuple(ModelEntry(m.model) for m in slices[0].models)
+        else:
+            listed = data.get("models")
+            if not isinstance(listed, list) or not listed:
+                raise UserError(f"{where}: models", "must be a non-empty list", "e.g. - model: path/to/model")
+            models = tuple(_read_model(m, f"{where}: models[{i}]") for i, m in enumerate(listed))
         return cls(
             merge_method=str(data.get("merge_method", "")),
-            models=tuple(entries),
-            base_model=data.get("base_model"),
-            parameters=params,
+            models=models,
+            base_model=base_model,
+            parameters=_read_parameters(data.get("parameters"), f"{where}: parameters", "{normalize: true}"),
             dtype=str(data.get("dtype", "float32")),
             tokenizer_source=data.get("tokenizer_source"),
+            slices=slices,
         )
+
+
+def _read_parameters(params: Any, where: str, example: str = "{weight: 0.5}") -> dict[str, Any]:
+    """A `parameters` mapping (absent: empty), every setting's shape checked."""
+    params = params or {}
+    if not isinstance(params, dict):
+        raise UserError(where, "must be a mapping", f"e.g. {example}")
+    for key, value in params.items():
+        _check_setting(value, f"{where}.{key}")
+    return params
+
+
+def _read_model(m: Any, where: str, keys: set[str] | None = None) -> ModelEntry:
+    """One `models:` entry, or one slice source (whose layer_range the caller reads; `keys`: the known ones)."""
+    if not isinstance(m, dict) or not isinstance(m.get("model"), str):
+        raise UserError(where, "must be a mapping with a 'model' path", "- model: path")
+    unknown = set(m) - keys if keys is not None else set()  # a models: entry may carry mergekit-evolve's layer_range
+    if unknown:
+        raise UserError(f"{where}.{sorted(unknown)[0]}", "unknown key", f"known keys: {', '.join(sorted(keys))}")
+    return ModelEntry(m["model"], _read_parameters(m.get("parameters"), f"{where}.parameters"))
+
+
+def _read_slices(data: Any, base_model: Any, where: str) -> tuple[tuple[Slice, ...], Any]:
+    """mergekit's `slices:` list as Slices, and the base model (the recipe's, or the one every slice names).
+    Slices that move, repeat or drop layers (frankenmerges) are refused: evomerge merges layer i into layer i."""
+    if not isinstance(data, list) or not data:
+        raise UserError(f"{where}: slices", "must be a non-empty list",
+                        "e.g. - sources: [{model: path, layer_range: [0, 32]}, ...]")
+    out: list[Slice] = []
+    bases: set[Any] = set()
+    for s, sl in enumerate(data):
+        at = f"{where}: slices[{s}]"
+        if not isinstance(sl, dict):
+            raise UserError(at, "must be a mapping with sources", "- sources: [{model: path, layer_range: [0, 32]}]")
+        unknown = set(sl) - _SLICE_KEYS
+        if unknown:
+            raise UserError(f"{at}.{sorted(unknown)[0]}", "unknown key (not supported)",
+                            f"known keys: {', '.join(sorted(_SLICE_KEYS))}")
+        sources = sl.get("sources")
+        if not isinstance(sources, list) or not sources:
+            raise UserError(f"{at}.sources", "must be a non-empty list", "- model: path\n  layer_range: [0, 32]")
+        entries, ranges = [], []
+        for j, src in enumerate(sources):
+            entries.append(_read_model(src, f"{at}.sources[{j}]", _SOURCE_KEYS))
+            lr = src.get("layer_range")
+            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                   for x in lr) and 0 <= lr[0] < lr[1]):
+                raise UserError(f"{at}.sources[{j}].layer_range", f"must be [first, end) layer numbers, got {lr!r}",
+                                "e.g. layer_range: [0, 32]")
+            ranges.append(tuple(lr))
+        if len(set(ranges)) > 1:
+            listed = ", ".join(f"{e.model} {list(r)}" for e, r in zip(entries, ranges))
+            raise UserError(at, f"its sources cover different layers ({listed})", _SLICES_SUPPORTED)
+        start, end = ranges[0]
+        expected = out[-1].end if out else 0
+        if start != expected:
+            raise UserError(at, f"starts at layer {start}, not {expected}", _SLICES_SUPPORTED)
+        names = [e.model for e in entries]
+        if len(set(names)) != len(names):
+            raise UserError(at, "lists a model twice", "list each model once per slice")
+        if out and set(names) != {m.model for m in out[0].models}:
+            raise UserError(at, "merges other models than slices[0]", "every slice merges the same models")
+        bases.add(sl.get("base_model") or base_model)
+        out.append(Slice(start, end, tuple(entries),
+                         _read_parameters(sl.get("parameters"), f"{at}.parameters", "{normalize: true}")))
+    if len(bases) > 1:
+        raise UserError(f"{where}: slices", f"the slices have different base models ({sorted(map(str, bases))})",
+                        "use one base_model for the whole recipe")
+    return tuple(out), bases.pop()
 
 
 def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
@@ -356,6 +499,11 @@ def _check_setting(value: Any, where: str) -> None:
             _check_setting(cond["value"], where)
         return
     raise UserError(where, f"unsupported value {value!r}", "use a number, a list of numbers or filter conditions")
+
+
+def _with_parameters(entry: dict[str, Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """`entry` with a `parameters` key when there are any (as plain YAML values)."""
+    return {**entry, "parameters": _plain(parameters)} if parameters else entry
 
 
 def _plain(obj: Any) -> Any:

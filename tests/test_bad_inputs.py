@@ -86,7 +86,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe_models_not_a_list", ["merge", "{w}/recipes/models_not_a_list.yaml", "{w}/out"], "models: must be a"),
     ("recipe_weight_not_a_number", ["merge", "{w}/recipes/weight_not_a_number.yaml", "{w}/out"], "weight"),
     ("recipe_unknown_top_key", ["merge", "{w}/recipes/unknown_top_key.yaml", "{w}/out"], "merge_methd: unknown key"),
-    ("recipe_slices_form", ["merge", "{w}/recipes/slices_form.yaml", "{w}/out"], "slices: the slices form"),
+    ("recipe_slices_form", ["merge", "{w}/recipes/slices_form.yaml", "{w}/out"], "slices[0]: its sources cover"),
     ("recipe_density_above_one", ["merge", "{w}/recipes/density_above_one.yaml", "{w}/out"], "density: 1.5 is outside"),
     ("recipe_parameter_of_another_method", ["merge", "{w}/recipes/parameter_of_another_method.yaml", "{w}/out"],
      "parameters.lambda: unknown parameter for linear"),
