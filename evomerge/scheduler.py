@@ -350,7 +350,8 @@ class Scheduler:
         gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
                         if self.multi else v[0]) for v in done) if done else None
         self.per_gen.append(gen_best)
-        self.bar.write(f"generation {g.number + 1}/{self.generations}: best {_fmt(gen_best)}, "
+        stage = f" ({self.stage} stage)" if self.stage else ""
+        self.bar.write(f"generation {g.number + 1}/{self.generations}{stage}: best {_fmt(gen_best)}, "
                        f"best so far {_fmt(self.best)}")
         every, k = self.recheck
         if every and k and (g.number + 1) % every == 0 and g.number + 1 < self.generations:
