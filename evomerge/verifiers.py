@@ -57,8 +57,8 @@ def _sentences(text: str) -> list[str]:
     # lm-eval counts sentences with NLTK's English Punkt model, which evomerge does not ship; this rule follows its
     # common verdicts: a sentence ends at . ! ? or an ellipsis (and any closing quotes or brackets) followed by
     # whitespace; a line break alone does not end one ("Title\nText." is one sentence), nor does a number like 3.5,
-    # a title (Mr.), an initial or single letter (J., c.), and a dotted abbreviation (p.m., U.S.) or an ellipsis
-    # only does before a capitalized word
+    # a title (Mr.) or a single letter (J., c.); a dotted abbreviation (p.m., U.S.) or an ellipsis ends one only
+    # before a capitalized word
     text, parts, start = text.strip(), [], 0
     for m in _BOUNDARY.finditer(text):
         word, stop, following = m.group(1).lower(), m.group(2), m.group(3)
