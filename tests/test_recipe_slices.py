@@ -3,6 +3,8 @@ layers are refused in one line (exit 2); a slices recipe is written back as slic
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from evomerge.errors import UserError
 from evomerge.recipe import Recipe
 
 from conftest import load_tensors, mergekit_merge
+from tiny_lm import make_byte_llama
 
 
 def _src(model: Path, lr: list[int], **params) -> dict:
@@ -88,6 +91,34 @@ def test_slices_recipe_reads_settings_per_slice_with_local_gradients():
     assert "slices" in r.to_mergekit() and "models" not in r.to_mergekit()
     with pytest.raises(UserError, match="slices cover layers 0-5 but the models have 8"):
         r.coefficients("model.layers.0.mlp.up_proj.weight", 8)
+
+
+def test_eval_of_a_slices_recipe_scores_mergekits_merge(tmp_path, capsys):
+    """`evomerge eval RECIPE` reads the slices form too: every choice's log-likelihood is that of mergekit's merged
+    model."""
+    a, b = (make_byte_llama(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1)))
+    cfg = {"merge_method": "linear", "dtype": "float32", "slices": [
+        {"sources": [_src(a, [0, 1], weight=0.8), _src(b, [0, 1], weight=0.2)]},
+        {"sources": [_src(a, [1, 2], weight=[0.3, 0.9]), _src(b, [1, 2], weight=0.7)]}]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    es = tmp_path / "mc"
+    es.mkdir()
+    (es / "card.yaml").write_text(yaml.safe_dump({"name": "mc", "language": "en", "kind": "multiple_choice",
+                                                  "metric": "acc", "prompt": "Q: {question}\nA:"}))
+    items = [{"id": f"q{k}", "split": "dev", "question": q, "choices": c, "gold": 0} for k, (q, c) in enumerate([
+        ("What is tea?", ["a drink", "a very old car", "a dog"]), ("Where is Bilbao?", ["Biscay", "Mars"]),
+        ("What are castells?", ["human towers", "houses", "stone mountains"])])]
+    (es / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    theirs = mergekit_merge(cfg, tmp_path / "theirs")
+    for f in a.iterdir():  # the tokenizer (the oracle's merge is written without it)
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, theirs / f.name)
+    lls = []
+    for target, per_item in ((tmp_path / "recipe.yaml", tmp_path / "ours.jsonl"), (theirs, tmp_path / "theirs.jsonl")):
+        assert main(["eval", str(target), "--eval-set", str(es), "--backend", "hf", "--per-item", str(per_item)]) == 0
+        rows = [json.loads(line) for line in per_item.read_text().splitlines()]
+        lls.append([ll for row in rows for ll in row["loglikelihoods"]])
+    assert len(lls[0]) == 8 and lls[0] == pytest.approx(lls[1], rel=1e-5)
 
 
 _A, _B = "a", "b"
