@@ -87,8 +87,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 _TOP_KEYS = {"merge_method", "models", "slices", "base_model", "parameters", "dtype", "tokenizer_source", "name"}
 _SLICE_KEYS = {"sources", "base_model", "parameters"}
 _SOURCE_KEYS = {"model", "layer_range", "parameters"}
-_SLICES_SUPPORTED = ("supported: every source of a slice covers the same layer_range, and the slices follow one "
-                     "another from layer 0 to the last layer (no layer moved, repeated or dropped)")
+_SLICES_SUPPORTED = ("supported: each slice's sources share one layer_range and the slices follow one another "
+                     "from layer 0 to the last, so that no layer is moved, repeated or dropped")
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_slices_recipe_reads_settings_per_slice_with_local_gradients():
         r.coefficients("model.layers.0.mlp.up_proj.weight", 8)
 
 
-def test_eval_of_a_slices_recipe_scores_mergekits_merge(tmp_path, capsys):
+def test_eval_of_a_slices_recipe_scores_mergekits_merge(tmp_path):
     """`evomerge eval RECIPE` reads the slices form too: every choice's log-likelihood is that of mergekit's merged
     model."""
     a, b = (make_byte_llama(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1)))
