@@ -15,7 +15,7 @@ from evomerge.errors import UserError
 from evomerge.genome import Genome
 from evomerge.ledger import Ledger, dev_floor, fitness_of
 from evomerge.scorers import SetScores
-from evomerge.space import load_space, parse_space
+from evomerge.space import parse_space
 from evomerge.stages import PER_LAYER, UNIFORM, StagedSearch, split_generations, uniform_genome
 
 from conftest import REPO
