@@ -71,6 +71,23 @@ def test_merge_of_a_slices_recipe_equals_mergekit(case, llama_trio, tmp_path, ca
     assert any(not torch.equal(a[n], inst[n]) for n in a)  # the merge moved the weights
 
 
+def test_resident_merge_serves_slices_candidates_as_the_disk_merge(llama_trio, tmp_path):
+    """The in-memory merge a search worker or `eval --backend vllm` runs: one slices template prepared once, each
+    candidate (other per-slice weights) streamed bit for bit as `evomerge merge` writes it."""
+    from evomerge.merge import ResidentMerge, merge_to_disk
+
+    cfg = _cases(llama_trio)["task_arithmetic_evolve_groups"]
+    resident = ResidentMerge(Recipe.from_mergekit(cfg), None)
+    for k, weights in enumerate(((0.1, 1.5), (1.2, 0.0))):
+        candidate = {**cfg, "slices": [{"sources": [{**src, "parameters": {"weight": w}} if "parameters" in src
+                                                    else src for src in sl["sources"]]}
+                                       for sl, w in zip(cfg["slices"], weights)]}
+        recipe = Recipe.from_mergekit(candidate)
+        disk = load_tensors(merge_to_disk(recipe, tmp_path / f"disk{k}").out_dir)
+        streamed = {name: t.clone() for name, t in resident.merged(recipe)}
+        assert set(streamed) == set(disk) and all(torch.equal(streamed[n], disk[n]) for n in disk)
+
+
 def test_slices_recipe_reads_settings_per_slice_with_local_gradients():
     r = Recipe.from_mergekit({
         "merge_method": "task_arithmetic", "base_model": "b", "dtype": "bfloat16",
