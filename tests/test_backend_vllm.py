@@ -46,6 +46,29 @@ def _prompts(prepared) -> list[list[int]]:
     return [pool[10 * i: 10 * i + 170] for i in range(GEN_PROMPTS)]
 
 
+def _prefix_requests(prepared):
+    """Choices after long shared contexts: each of 3 170-token windows (`_prompts`, longer than a KV block)
+    followed by 4 of the sets' continuations, one of them twice as long (so a cache hit may reach into it)."""
+    from evomerge.text import Request
+
+    conts = list(dict.fromkeys(r.continuation for p in prepared for r in p.requests))[:4]
+    conts[-1] = conts[-1] + conts[0]
+    return [Request(tuple(c), tuple(x)) for c in _prompts(prepared)[:3] for x in conts]
+
+
+def _prefix_session(backend, requests) -> dict:
+    """The requests scored whole, then reading the prefix cache (issue 16's shared context), the cache emptied
+    before each: log-likelihoods and tokens computed."""
+    out = {}
+    for share in (False, True):
+        backend.share_context = share
+        backend.llm.reset_prefix_cache()
+        backend.usage.tokens = 0
+        out[str(share)] = {"lls": backend.loglikelihoods(requests), "tokens": backend.usage.tokens}
+    backend.share_context = True
+    return out
+
+
 def _engine_session(args: dict) -> dict:
     """Child process: one vLLM worker (Evaluator with backend "vllm"), two candidates swapped in place."""
     from evomerge.memplan import model_size, plan_memory, resident_copies
@@ -72,6 +95,8 @@ def _engine_session(args: dict) -> dict:
                     "merge_seconds": result.merge_seconds, "evaluate_seconds": time.perf_counter() - t,
                     "lls": ev.backend.loglikelihoods(requests),
                     "generated": ev.backend.generate(prompts, GEN_TOKENS, GEN_STOP)}
+        if key == "a":
+            out["prefix"] = _prefix_session(ev.backend, _prefix_requests(ev.prepared))
     swaps = []
     for recipe in (a, b, a, b):
         t = time.perf_counter()
@@ -120,6 +145,24 @@ def test_prompt_logprobs_equal_hf_loglikelihoods_on_the_same_merge(engine_run, t
     assert run["a"]["lls"] == pytest.approx(hf.backend.loglikelihoods(requests), abs=1e-4)
     for name, scores in result.scores.items():
         assert run["a"]["scores"][name] == pytest.approx(scores.as_dict(), abs=1e-5)
+
+
+def test_prefix_cache_scores_choices_after_a_shared_context(engine_run):
+    """vLLM's automatic prefix caching (public: `skip_reading_prefix_cache=False`): choices after a 170-token
+    context read its cached block, computing fewer tokens, with the HF backend's log-likelihoods (candidate A)."""
+    from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
+
+    args, run = engine_run
+    hf = Evaluator.start(EvaluatorSpec(args["a"], tuple(args["sets"]), "dev", MAX_ITEMS, 0, backend="hf"))
+    hf.evaluate(Candidate(0, args["a"]))
+    requests = _prefix_requests(hf.prepared)
+    expected = hf.backend.loglikelihoods(requests)
+    whole, shared = run["prefix"]["False"], run["prefix"]["True"]
+    print(f"\nvLLM prefix cache: tokens {whole['tokens']} -> {shared['tokens']}, max |shared - hf| "
+          f"{max(abs(a - b) for a, b in zip(expected, shared['lls'])):.2e}")
+    assert whole["lls"] == pytest.approx(expected, abs=1e-4)
+    assert shared["lls"] == pytest.approx(expected, abs=1e-4)
+    assert shared["tokens"] < 0.6 * whole["tokens"]
 
 
 def test_swap_in_place_equals_a_fresh_model_from_disk(engine_run, tmp_path):

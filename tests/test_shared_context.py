@@ -123,3 +123,4 @@ def test_sets_over_the_same_prompts_generate_once_with_each_sets_verifiers(backe
     assert [together[p.name] for p in prepared] == [s for s, _ in separate]
     assert records == [r for _, rows in separate for r in rows]
     assert any(r["response"] != s["response"] for r, s in zip(records[:4], records[4:8]))  # b's stop cut
+

@@ -35,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evomerge.backends.hf import rolling_windows
+from evomerge.backends.hf import Usage, rolling_windows
 from evomerge.text import Request, Text
 
 EXTENSION = "evomerge.backends.vllm.MergeExtension"
@@ -110,6 +110,8 @@ class VLLMBackend:
         # scored prompt is the whole context + continuation, so the longest input is one less than the engine's.
         self.text = Text(tokenizer, eos_ids, max(1, max_model_len - 1))
         self.ranks: list[dict[str, Any]] = []  # what each rank holds (`prepare`)
+        self.share_context = True  # choices after one context read its cached blocks (`loglikelihoods`)
+        self.usage = Usage()  # forwards here count prompts
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "float32", kv_cache_bytes: int | None = 1 << 30,
@@ -204,29 +206,59 @@ class VLLMBackend:
     # ---- the model (per candidate) ----------------------------------------------------------------------------
 
     def loglikelihoods(self, requests: Sequence[Request]) -> list[float]:
-        """Sum of log-probabilities of each continuation given its context, from vLLM's prompt log-probs.
+        """Sum of log-probabilities of each continuation given its context, from vLLM's prompt log-probs
+        (`prompt_logprobs=0`: the log-prob of each prompt token itself, under the raw logits).
 
-        Each distinct context + continuation is one prompt (prompt log-probs never read the prefix cache, so
-        every prompt is computed in full with the current weights); `prompt_logprobs=0` returns the log-prob of
-        each prompt token itself, under the raw logits.
+        Each distinct context + continuation is one prompt. Shared context (`share_context`), through vLLM's
+        public automatic prefix caching: a context that several continuations follow is first computed in full
+        with one of them (its whole KV blocks enter the engine's prefix cache), then its other continuations are
+        sent allowed to read that cache (`skip_reading_prefix_cache=False`), so vLLM computes only what follows
+        the cached blocks. vLLM returns no prompt log-probs for the tokens it read from the cache, so a prompt
+        whose cache hit (`num_cached_tokens`) reached into its continuation (choices that begin alike past a
+        block boundary) is computed again in full. The cache holds whole blocks (128 tokens on CPU, 16 on a GPU):
+        shorter contexts gain nothing. `apply` resets the cache, so it never holds another candidate's keys.
         """
-        from vllm import SamplingParams
-
-        index: dict[tuple[int, ...], int] = {}
         for r in requests:
             if not r.context or not r.continuation:
                 raise ValueError("a request needs a non-empty context and continuation")
-            index.setdefault(r.context + r.continuation, len(index))
-        prompts = [{"prompt_token_ids": list(seq)} for seq in index]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                skip_reading_prefix_cache=True)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        logprobs = [o.prompt_logprobs for o in outputs]  # per prompt: [None, {token: Logprob}, ...]
+        seqs: dict[tuple[int, ...], int] = {}  # each distinct prompt -> the length of its context
+        for r in requests:
+            seqs.setdefault(r.context + r.continuation, len(r.context))
+        first: dict[tuple[int, ...], tuple[int, ...]] = {}  # a prompt per context, computed in full before the others
+        later = []
+        for seq, n_ctx in seqs.items():
+            if not self.share_context or first.setdefault(seq[:n_ctx], seq) is seq:
+                continue
+            later.append(seq)
+        later_set = set(later)
+        logprobs = self._prompt_logprobs([s for s in seqs if s not in later_set], read_cache=False)
+        if later:
+            cached = self._prompt_logprobs(later, read_cache=True)
+            again = [s for s in later if cached[s][1] >= seqs[s]]  # the hit covered a continuation token
+            logprobs.update(cached)
+            if again:
+                logprobs.update(self._prompt_logprobs(again, read_cache=False))
         out = []
         for r in requests:
             seq = r.context + r.continuation
-            lp = logprobs[index[seq]]
+            lp = logprobs[seq][0]
             out.append(sum(float(lp[i][seq[i]].logprob) for i in range(len(r.context), len(seq))))
+        return out
+
+    def _prompt_logprobs(self, seqs: Sequence[tuple[int, ...]], read_cache: bool) -> dict[tuple[int, ...], tuple]:
+        """Per prompt: (its prompt log-probs [None, {token: Logprob}, ...], the tokens it read from the prefix
+        cache); `usage` counts the tokens computed."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=not read_cache)
+        outputs = self.llm.generate([{"prompt_token_ids": list(s)} for s in seqs], params, use_tqdm=False)
+        out = {}
+        for seq, o in zip(seqs, outputs):
+            hit = (o.num_cached_tokens or 0) if read_cache else 0
+            self.usage.forwards += 1
+            self.usage.tokens += len(seq) - hit
+            out[seq] = (o.prompt_logprobs, hit)
         return out
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
