@@ -3,7 +3,7 @@ context computed once (`share_context`, the default) vs every choice from scratc
 run, on Belebele-shaped items (a ~400-token passage and a question, 4 short answers; cloze form, and letter form,
 which shared one row before) and XStoryCloze-shaped ones (a ~4-sentence story, 2 endings).
 
-    .venv/bin/python bench/shared_context.py [--items 32] [--vllm] [--json PATH] [--quick]
+    .venv/bin/python bench/shared_context.py [--items 32] [--[no-]vllm] [--json PATH] [--quick]
 
 HF backend: `evaluation.score` on a prepared set (a search worker's per-candidate call), the two modes taking
 turns, best of --repeat; tokens are the input tokens the model computed (`HFBackend.usage`, padding and cached
@@ -123,22 +123,43 @@ def vllm_child(args: dict) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_arguments(doc: str, quick_repeat: int, vllm_help: str) -> argparse.Namespace:
+    """The flags of this bench and bench/eval_vs_lm_eval.py, defaults resolved (`--vllm`: when vllm is installed
+    and not --quick). `--child SPEC` is the vLLM child's (`run_child`)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--items", type=int, default=None, help="items per set (default 32; --quick: 8)")
-    ap.add_argument("--repeat", type=int, default=None, help="rounds, best kept (default 3; --quick: 2)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help=f"rounds, best kept (default 3; --quick: {quick_repeat})")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as scoring_overhead)")
-    ap.add_argument("--vllm", action="store_true", help="also the vLLM backend (a child process, ~1 min start)")
+    ap.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=None,
+                    help=f"also {vllm_help}, in a child process (default: when vllm is installed, not --quick)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_arguments(ap)
     args = ap.parse_args()
+    args.items = pick(args.items, 32, 8, args.quick)
+    args.repeat = pick(args.repeat, 3, quick_repeat, args.quick)
+    if args.vllm is None:
+        import importlib.util
+
+        args.vllm = not args.quick and importlib.util.find_spec("vllm") is not None
+    return args
+
+
+def run_child(script: str, spec: dict, tmp: str) -> dict:
+    """Run `script --child SPEC` (its vLLM side) and return what it wrote to SPEC's "out"."""
+    spec = {**spec, "out": str(Path(tmp) / "child.json")}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, script, "--child", json.dumps(spec)], check=True, env=env)
+    return json.loads(Path(spec["out"]).read_text())
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, 2, "the vLLM backend")
     if args.child:
         spec = json.loads(args.child)
         Path(spec["out"]).write_text(json.dumps(vllm_child(spec)))
         return
-    args.items = pick(args.items, 32, 8, args.quick)
-    args.repeat = pick(args.repeat, 3, 2, args.quick)
     torch.set_num_threads(args.threads)
     results: dict = {"items": args.items, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,11 +167,8 @@ def main() -> None:
         sets = build_sets(Path(tmp) / "sets", args.items)
         results["hf"] = hf_side(model_dir, sets, args.repeat, args.batch_size)
         if args.vllm:
-            spec = {"model": str(model_dir), "sets": {k: str(v) for k, v in sets.items()}, "repeat": args.repeat,
-                    "out": str(Path(tmp) / "vllm.json")}
-            env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-            subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True, env=env)
-            results["vllm"] = json.loads(Path(spec["out"]).read_text())
+            results["vllm"] = run_child(__file__, {"model": str(model_dir), "repeat": args.repeat,
+                                                   "sets": {k: str(v) for k, v in sets.items()}}, tmp)
     rows = []
     for backend in ("hf", "vllm"):
         for name, r in results.get(backend, {}).items():
