@@ -106,7 +106,7 @@ def main() -> None:
     from evomerge.hub import check_configs
     from evomerge.holdout import HoldoutScorer
     from evomerge.pareto import dominates, hypervolume
-    from evomerge.quickstart import GRID, SOURCES, uniform_space_data
+    from evomerge.quickstart import GRID, SOURCES, uniform_space_data, weights_recipe
     from evomerge.search import ensure_models, load_objectives
     from evomerge.space import load_space, parse_space
     from evomerge.stats import hypervolume_difference
@@ -133,15 +133,8 @@ def main() -> None:
     hold = HoldoutScorer(base, objs, weights, base.search.scalarize, template, 0)
     started = time.perf_counter()
 
-    def uniform_recipe(instruct: float, language: float) -> dict:
-        recipe = {**template, "models": [dict(m, parameters=dict(m.get("parameters", {}))) for m in template["models"]]}
-        for m in recipe["models"]:
-            role = next(s.role for s in base.models if s.ref == m["model"])
-            m["parameters"]["weight"] = instruct if role == "instruct" else language
-        return recipe
-
-    fixed = {f"source {k}": hold.score(uniform_recipe(*w), k) for k, w in SOURCES.items()}
-    grid = [hold.score(uniform_recipe(1.0, w), f"grid w={w:g}") for w in GRID]
+    fixed = {f"source {k}": hold.score(weights_recipe(base, template, *w), k) for k, w in SOURCES.items()}
+    grid = [hold.score(weights_recipe(base, template, 1.0, w), f"grid w={w:g}") for w in GRID]
     reference = [min(r.objectives[n] for r in [*fixed.values(), *grid]) for n in names]
 
     def vec(r: Any) -> list[float]:

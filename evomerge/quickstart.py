@@ -237,6 +237,20 @@ def _yaml_text(data: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def weights_recipe(space: Any, template: Mapping[str, Any], instruct: float, language: float) -> dict[str, Any]:
+    """`template` (a mergekit dict of `space`'s models) with one uniform weight per role: base + instruct *
+    (instruct - base) + language * (each language model - base), as the sources and the paper's grid are."""
+    recipe = json.loads(json.dumps(dict(template)))  # a deep copy of plain data
+    roles = {str(m.ref): m.role for m in space.models}
+    for entry in recipe["models"]:
+        role = roles.get(entry["model"])
+        if role == "instruct":
+            entry.setdefault("parameters", {})["weight"] = instruct
+        elif role == "language":
+            entry.setdefault("parameters", {})["weight"] = language
+    return recipe
+
+
 class _HoldoutScorer:
     """The quickstart's points scored on holdout by the one holdout scorer (holdout.py's `HoldoutScorer`, in this
     process): uniform merges by weights, searched trials by their genes."""
@@ -263,16 +277,7 @@ class _HoldoutScorer:
 
     def score_weights(self, kind: str, label: str, instruct: float, language: float) -> Point:
         """A uniform merge: base + instruct * (instruct - base) + language * (language model - base)."""
-        recipe = json.loads(json.dumps(self.template))  # a deep copy of plain data
-        roles = {m.name: m.role for m in self.space.models}
-        paths = {m.name: str(m.ref) for m in self.space.models}
-        for entry in recipe["models"]:
-            role = next((roles[n] for n, p in paths.items() if p == entry["model"]), None)
-            if role == "instruct":
-                entry.setdefault("parameters", {})["weight"] = instruct
-            elif role == "language":
-                entry.setdefault("parameters", {})["weight"] = language
-        return self._score(kind, label, recipe)
+        return self._score(kind, label, weights_recipe(self.space, self.template, instruct, language))
 
     def score_trial(self, number: int, params: Mapping[str, float], *, kind: str = "front",
                     label: str | None = None) -> Point:
