@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("merge", help="merge models from a mergekit-format YAML recipe")
-    m.add_argument("recipe", type=Path, help="mergekit-format YAML (models: form)")
+    m.add_argument("recipe", type=Path, help="mergekit-format YAML (models: or slices: form)")
     m.add_argument("out_dir", type=Path, help="output model directory (written atomically)")
     m.add_argument("--allow-pickle", action="store_true",
                    help="read pickle checkpoints (*.bin) too, weights-only (refused by default: unpickling can run code)")
