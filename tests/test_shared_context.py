@@ -2,9 +2,10 @@
 
 A multiple-choice item's context is computed once and its choices on top of its cached keys and values: the
 log-likelihoods must equal whole-sequence scoring (`share_context = False`, the path the lm-eval oracle pins) within
-1e-5 in float32 (plus float32 rounding of large sums: TOL), with and without BOS, cloze and letter forms, and contexts long enough to be left-truncated; the
-count of computed tokens shows the saving. Sets over the same prompts generate once and give the same per-set
-results as separate generation."""
+1e-5 in float32 (plus float32 rounding of large sums: TOL), with and without BOS, cloze and letter forms, and
+contexts long enough to be left-truncated; the count of computed tokens shows the saving. Sets over the same
+prompts generate once and give the same per-set results as separate generation. (vLLM's side, the prefix cache:
+tests/test_backend_vllm.py::test_prefix_cache_scores_choices_after_a_shared_context.)"""
 
 from __future__ import annotations
 
