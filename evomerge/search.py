@@ -25,6 +25,7 @@ from evomerge.fitness import Objective, Term, parse_objectives
 from evomerge.genome import Genome
 from evomerge.hub import check_configs
 from evomerge.ledger import Ledger, fitness_of
+from evomerge.optimizers import check_popsize
 from evomerge.pool import RayPool, check_local
 from evomerge.rundir import RunInfo, RunLock, create_run, engine_for_resume, new_info, read_run
 from evomerge.stages import StagedSearch, split_generations
@@ -112,6 +113,7 @@ def run_search(space_path: str | Path, opts: SearchOptions) -> SearchSummary:
     space = load_space(space_path)
     if opts.workers < 1:
         raise UserError("--workers", "must be at least 1", "e.g. --workers 2")
+    check_popsize(opts.optimizer or space.search.optimizer, opts.popsize or space.search.popsize)
     ensure_models(space)
     n_layers = check_configs(space).n_layers
     load_objectives(space, opts.allow_test_splits)  # validates eval sets and objectives before anything is written

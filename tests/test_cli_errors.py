@@ -41,12 +41,15 @@ def _files(tmp_path):
         "malformed space": (["search", str(bad_yaml)], "malformed YAML"),
         "space with absent models": (["search", str(space_missing_model), "--runs-dir", str(tmp_path)], "not found"),
         "export of a non-run": (["export", str(tmp_path)], "not a run directory"),
+        # checked before the models are looked for: the absent models of this space are never reached
+        "cmaes with two candidates": (["search", str(space_missing_model), "--runs-dir", str(tmp_path), "--popsize",
+                                       "2", "--optimizer", "cmaes"], "search.popsize: cmaes needs at least 3"),
     }
 
 
 @pytest.mark.parametrize("case", ["malformed recipe", "missing recipe", "unknown method", "missing model",
                                   "pickle weights", "malformed space", "space with absent models",
-                                  "export of a non-run"])
+                                  "export of a non-run", "cmaes with two candidates"])
 def test_one_line_error_exit_2(case, tmp_path):
     args, expected = _files(tmp_path)[case]
     r = _cli(*args)

@@ -71,17 +71,22 @@ def test_hf_mode_drives_the_worker_evaluator_without_ray_or_vllm(tmp_path):
 def test_vllm_mode_runs_the_search_and_the_agreement_probe(tmp_path):
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
-    result, rows, _ = _run(tmp_path, "--backend", "vllm", "--candidates", "6", "--swaps", "3")
-    label = "vLLM search, TP=1"
+    # two tensor-parallel ranks (a core each) when the machine has two cores: the search's Ray worker then starts a
+    # two-rank engine, the path a multi-GPU run takes (tests/test_tensor_parallel.py checks the ranks' slices and
+    # their scores against the HF backend)
+    tp = 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    result, rows, _ = _run(tmp_path, "--backend", "vllm", "--candidates", "6", "--swaps", "2", "--tp", str(tp))
+    label = f"vLLM search, TP={tp}"
     done = rows[f"{label}: candidates complete"]
     assert done.value == 6 and done.met
     assert rows[f"{label}: merge + swap, s per candidate (median)"].value > 0
     assert rows[f"{label}: scoring, s per candidate (median)"].value > 0
     (search,) = result.details["searches"]
     _check_candidates(search, 6)
+    assert search["run_json"]["tensor_parallel"] == tp and search["run_json"]["backend"] == "vllm"
     for ref in ("HF bfloat16", "HF float32"):
         diff = rows[f"vLLM bfloat16 vs {ref}: max |log-prob difference|"]
         assert 0 <= diff.value < 5
-    graphs = rows["max |score difference| over 3 swaps, CUDA graphs on vs off"]
+    graphs = rows["max |score difference| over 2 swaps, CUDA graphs on vs off"]
     assert graphs.note.startswith(NOT_MEASURED + "CPU")
-    assert len(result.details["probe_eager"]["candidates"]) == 3
+    assert len(result.details["probe_eager"]["candidates"]) == 2

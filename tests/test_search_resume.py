@@ -14,7 +14,7 @@ import pytest
 
 from conftest import write_space
 
-GEN, POP = 4, 4  # 16 candidates: a kill after 5 still lands mid-run on a fast machine (a worker holds two)
+GEN, POP = 3, 4  # 12 candidates: a kill after 5 still lands mid-run on a fast machine (a worker holds two)
 
 
 def _cli(*args, **kw):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+from evomerge.errors import UserError
 from evomerge.optimizers.cmaes import CmaEs
 from evomerge.optimizers.optuna_samplers import OPTUNA_SAMPLERS, OptunaSampler
 
@@ -36,6 +37,17 @@ class Optimizer(Protocol):
 OPTIMIZERS = ("cmaes", *OPTUNA_SAMPLERS)
 
 
+MIN_POPSIZE = {"cmaes": 3}  # pycma updates its distribution from three or more points of a generation
+
+
+def check_popsize(name: str, popsize: int) -> None:
+    """Refuse a population the named optimizer cannot learn from (before a run exists)."""
+    least = MIN_POPSIZE.get(name, 1)
+    if popsize < least:
+        raise UserError("search.popsize", f"{name} needs at least {least} candidates per generation, got {popsize}",
+                        f"set search.popsize (or --popsize) to {least} or more")
+
+
 def make_optimizer(name: str, *, x0: Sequence[float], stds: Sequence[float], popsize: int, seed: int,
                    n_objectives: int = 1, sigma0: float = 1.0, restarts: int = 0) -> Optimizer:
     """Build the named optimizer for a genome with initial point x0 and per-coordinate deviations stds."""
@@ -46,4 +58,4 @@ def make_optimizer(name: str, *, x0: Sequence[float], stds: Sequence[float], pop
     return OptunaSampler(name, dim=len(x0), popsize=popsize, seed=seed, n_objectives=n_objectives)
 
 
-__all__ = ["CmaEs", "OPTIMIZERS", "Optimizer", "OptunaSampler", "make_optimizer"]
+__all__ = ["CmaEs", "MIN_POPSIZE", "OPTIMIZERS", "Optimizer", "OptunaSampler", "check_popsize", "make_optimizer"]

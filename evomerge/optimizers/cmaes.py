@@ -60,7 +60,7 @@ class CmaEs:
         current = [self._asked_by.pop(tuple(map(float, x)), self.restarts_done) == self.restarts_done for x in xs]
         xs = [x for x, c in zip(xs, current) if c]
         values = [v for v, c in zip(values, current) if c]
-        if len(xs) < max(2, self.popsize // 2):
+        if len(xs) < max(3, self.popsize // 2):  # pycma refuses an update from fewer than three points
             return
         if self._told_since_ask:
             # two tells in a row (a pipelined run's last generations): pycma takes one tell per ask, so draw (and
