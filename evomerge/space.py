@@ -425,7 +425,7 @@ SPACE_KEYS: dict[str, tuple[Key, ...]] = {
         Key("weight", float, "Its weight in the scalar fitness.", "1.0", 1.0)),
     "search": (
         Key("optimizer", str, "pycma's CMA-ES or an Optuna sampler.", "cmaes", _S.optimizer, choices=OPTIMIZERS),
-        Key("popsize", int, "Candidates per generation.", "8", _S.popsize),
+        Key("popsize", int, "Candidates per generation (cmaes: at least 3).", "8", _S.popsize),
         Key("generations", int, "Generations.", "10", _S.generations),
         Key("sigma0", float, "CMA-ES initial step in the unit box.", "0.3", Derived("from the genes' steps")),
         Key("restarts", int, "CMA-ES IPOP restarts (the population doubles at each).", "2", _S.restarts),
