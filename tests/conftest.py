@@ -47,8 +47,9 @@ def llama_trio(tmp_path_factory) -> dict[str, Path]:
 
 # Files that take minutes (engines, Ray runs, kills, the quickstart's own models) go to the workers first: under
 # `pytest -n 2 --dist loadfile` (make test) a long file started last would leave the other worker idle at the end.
-# xdist deals the first dozen files out in turn (worker 0 the 1st, 3rd, ...): this order gives two workers about
-# equal shares of the slow ones (measured durations of 2026-11-30).
+# Note: under make test, xdist's default `--loadscope-reorder` deals the files with the most tests first, so this
+# order decides only among files of equal size and in one-process runs. Tried 2026-11-30: with
+# `--no-loadscope-reorder` (this order exactly) the suite was slower, so the default stays.
 SLOW_FIRST = ("test_quickstart.py", "test_faults.py", "test_search_resume.py", "test_tensor_parallel.py",
               "test_gpu_acceptance.py", "test_backend_vllm.py", "test_bench_issue6.py", "test_search_e2e.py",
               "test_pool.py", "test_bench_run_all.py", "test_search_multiobjective.py", "test_worker_faults.py")
