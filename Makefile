@@ -24,11 +24,10 @@ quickstart: $(STAMP)
 	$(BIN)/evomerge quickstart
 
 # Two test processes, a file each at a time (module fixtures are built once): much of the suite waits on process
-# start-up (Ray, vLLM engines, kills and resumes), which the other process fills. Files go out in the order of
-# tests/conftest.py's SLOW_FIRST (xdist would otherwise deal the files with the most tests first). Any pytest arguments still work:
+# start-up (Ray, vLLM engines, kills and resumes), which the other process fills. Any pytest arguments still work:
 # `.venv/bin/python -m pytest -q tests/test_merge.py` runs in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 GPU_VENV  := .venv-gpu
 GPU_STAMP := $(GPU_VENV)/.installed
