@@ -45,8 +45,8 @@ def llama_trio(tmp_path_factory) -> dict[str, Path]:
             "ca": make_llama(root / "ca", seed=3, parent=base)}
 
 
-# Files that take minutes (engines, Ray runs, kills, the quickstart's own models) go to the workers first: under
-# `pytest -n 2 --dist loadfile` (make test) a long file started last would leave the other worker idle at the end.
+# Files that take minutes (engines, Ray runs, kills, the quickstart's own models), listed first so that a long file
+# does not start last and leave the other worker idle at the end.
 # Note: under make test, xdist's default `--loadscope-reorder` deals the files with the most tests first, so this
 # order decides only among files of equal size and in one-process runs. Tried 2026-11-30: with
 # `--no-loadscope-reorder` (this order exactly) the suite was slower, so the default stays.
