@@ -120,3 +120,18 @@ def test_streamed_merge_equals_disk_merge_under_inference_mode(tmp_path):
     assert set(streamed) == set(disk)
     for name, t in disk.items():
         assert torch.equal(streamed[name], t), name
+
+
+def test_settle_waits_for_a_gpu_merge_only(monkeypatch):
+    """A GPU merge returns before its kernels finish: `settle` (the end of ResidentMerge.apply and of the vLLM
+    swap) waits for the device, so merge + swap seconds are not charged to scoring. CPU: nothing to wait for."""
+    import torch
+
+    from evomerge.merge import settle
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    settle(torch.device("cpu"))
+    assert waited == []
+    settle(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]

@@ -90,6 +90,7 @@ class MergeExtension:
         """Merge `recipe` into the running model."""
         import torch
 
+        from evomerge.merge import settle
         from evomerge.recipe import Recipe
 
         candidate = Recipe.from_mergekit(dict(recipe))
@@ -98,6 +99,7 @@ class MergeExtension:
             # Worker.reload_weights: vLLM's public in-place reload, in checkpoint format (names, unfused, whole
             # shapes); each rank's loader reads its own slice, the only part this rank merged.
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        settle(next(self.get_model().parameters()).device)  # the swap is done when the call returns
 
 
 class VLLMBackend:
