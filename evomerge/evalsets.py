@@ -19,6 +19,7 @@ they were split); `guard_test_splits` uses it to refuse a benchmark's test split
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import string
@@ -86,7 +87,9 @@ ORIGIN_KEYS: tuple[Key, ...] = (
 ITEM_FIELDS: dict[str, tuple[Key, ...]] = {
     "*": (Key("id", (str, int), "Unique within the set.", '"eu-001"', REQUIRED),
           Key("split", str, "`dev` (seen by the search), `holdout` (re-checks only) or `fewshot` (examples only, "
-              "never scored).", '"dev"', REQUIRED, choices=SPLITS)),
+              "never scored).", '"dev"', REQUIRED, choices=SPLITS),
+          Key("weight", float, "How many items this one counts as in the set's means (a positive number): a "
+              "reduced set's anchor stands for its cluster (`evomerge evalset reduce`).", "7", 1)),
     "multiple_choice": (
         Key("choices", list, "The answer options (at least two, non-empty; at most 26 with `form: letter`).",
             '["the cat", "the dog"]', REQUIRED, shape="of strings"),
@@ -156,6 +159,7 @@ class Item:
     constraints: tuple[Constraint, ...] = ()
     language: str = ""
     reference: str | None = None
+    weight: float = 1
 
     def prompt(self, card: Card) -> str:
         """The card's prompt template filled with this item's fields (and `{options}` for letter form)."""
@@ -355,6 +359,9 @@ def parse_item(obj: Any, where: str, card: Card) -> Item:
         raise UserError(f"{where}: split", f"must be one of {', '.join(SPLITS)}", "mark each item dev or holdout")
     if not isinstance(obj.get("id"), (str, int)) or isinstance(obj.get("id"), bool):
         raise UserError(f"{where}: id", "missing (a string or an integer)", "give every item a unique id")
+    weight = obj.get("weight", 1)
+    if not by_name(ITEM_FIELDS["*"])["weight"].accepts(weight) or not 0 < weight < math.inf:
+        raise UserError(f"{where}: weight", "must be a positive number", "how many items this one counts as, e.g. 7")
     fields = {k: v for k, v in obj.items() if k not in _RESERVED}
     kw: dict[str, Any] = {}
     if card.kind == "multiple_choice":
@@ -390,7 +397,7 @@ def parse_item(obj: Any, where: str, card: Card) -> Item:
         card.prompt.format(**fields, **_extra_fields(card, kw.get("choices", ())))
     except (KeyError, IndexError) as e:
         raise UserError(where, f"the card's prompt needs field {e}", "add the field to the item") from None
-    return Item(str(obj["id"]), split, fields, **kw)
+    return Item(str(obj["id"]), split, fields, weight=weight, **kw)
 
 
 def _gold(obj: Mapping[str, Any]) -> Any:

@@ -32,6 +32,7 @@ class ChoiceSet:
     choices: tuple[tuple[str, ...], ...]  # the scored strings (choice texts or letters), for acc_norm / acc_bytes
     item_ids: tuple[str, ...] = ()  # for per-item records
     contexts: tuple[str, ...] = ()  # each item's text before the choices (few-shot, chat template, prompt)
+    weights: tuple[float, ...] = ()  # each item's weight in the means; empty: all 1 (`item_weights`)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class TextSet:
     offsets: tuple[int, ...]
     texts: tuple[str, ...]
     item_ids: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class GenerationSet:
     stop: tuple[str, ...]
     item_ids: tuple[str, ...] = ()
     contexts: tuple[str, ...] = ()  # each prompt's text
+    weights: tuple[float, ...] = ()
 
 
 PreparedSet = Union[ChoiceSet, TextSet, GenerationSet]
@@ -81,6 +84,11 @@ def context_text(backend: HFBackend, evalset: EvalSet, item: Item, seed: int = 0
     return "\n\n".join(blocks)
 
 
+def item_weights(items: Sequence[Item]) -> tuple[float, ...]:
+    """The items' weights (a reduced set's anchors, reduce.py), or () when all are 1: the scorers' plain means."""
+    return tuple(it.weight for it in items) if any(it.weight != 1 for it in items) else ()
+
+
 def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | None, seed: int) -> PreparedSet:
     """Select the items (same for every candidate under one seed) and tokenize them."""
     card = evalset.card
@@ -98,7 +106,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
             golds.append(item.gold)
             choices.append(conts)
         return ChoiceSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(golds), tuple(choices),
-                         tuple(it.id for it in items), tuple(contexts))
+                         tuple(it.id for it in items), tuple(contexts), item_weights(items))
     if card.kind == "perplexity":
         requests, offsets, texts = [], [0], []
         for item in items:
@@ -107,7 +115,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
             offsets.append(len(requests))
             texts.append(text)
         return TextSet(evalset.name, card.metric, tuple(requests), tuple(offsets), tuple(texts),
-                       tuple(it.id for it in items))
+                       tuple(it.id for it in items), item_weights(items))
     from evomerge.language_id import known_languages
 
     unknown = sorted({it.language for it in items} - known_languages())
@@ -118,7 +126,7 @@ def prepare(backend: HFBackend, evalset: EvalSet, split: str, max_items: int | N
     prompts = tuple(backend.text.encode_prompt(c, card.max_new_tokens) for c in contexts)
     return GenerationSet(evalset.name, card.metric, prompts, tuple(it.constraints for it in items),
                          tuple(it.language for it in items), card.max_new_tokens, card.stop,
-                         tuple(it.id for it in items), contexts)
+                         tuple(it.id for it in items), contexts, item_weights(items))
 
 
 def verdict(response: str, constraints: Sequence[Constraint], language: str) -> Verdict:
@@ -171,16 +179,18 @@ def _per_item(p: ChoiceSet | TextSet, lls: Sequence[float]) -> list[list[float]]
 
 def _scored(p: PreparedSet, outputs: list) -> tuple[SetScores, dict[str, list[float]], list]:
     """(scores, each item's values of the metrics that are means over items, per-item outputs: choice
-    log-likelihoods, text log-likelihoods or verdicts) from the model's outputs."""
+    log-likelihoods, text log-likelihoods or verdicts) from the model's outputs. The scores are means weighted
+    by the items' weights (all 1 but in a reduced set); the per-item values are unweighted."""
+    weights = p.weights or None
     if isinstance(p, ChoiceSet):
         per_item = _per_item(p, outputs)
-        return (score_multiple_choice(per_item, p.golds, p.choices), multiple_choice_items(per_item, p.golds),
-                per_item)
+        return (score_multiple_choice(per_item, p.golds, p.choices, weights),
+                multiple_choice_items(per_item, p.golds), per_item)
     if isinstance(p, TextSet):
         totals = [sum(x) for x in _per_item(p, outputs)]
-        return score_perplexity(totals, p.texts), {}, totals
+        return score_perplexity(totals, p.texts, weights), {}, totals
     verdicts = [verdict(r, c, lang) for r, c, lang in zip(outputs, p.constraints, p.languages)]
-    return score_instructions(verdicts), instruction_items(verdicts), verdicts
+    return score_instructions(verdicts, weights), instruction_items(verdicts), verdicts
 
 
 def score_set(backend: HFBackend, p: PreparedSet) -> SetScores:

@@ -9,6 +9,10 @@ candidates that differ a little are ranked apart.
 
 Perplexity follows lm-eval-harness's `loglikelihood_rolling` aggregation: corpus-level, i.e. total negative
 log-likelihood over total bytes (or words), not a mean of per-text values.
+
+Every scorer takes optional per-item `weights`: an item of weight w counts as w items (a reduced set's anchor
+stands for its cluster, reduce.py). Without weights, or with all weights 1, the numbers are exactly lm-eval's:
+a weight multiplies before the sums, and 1 * x is x.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ INSTRUCTION_METRICS = ("prompt_acc", "inst_acc", "prompt_acc_loose", "inst_acc_l
 METRICS = {"multiple_choice": MULTIPLE_CHOICE_METRICS, "perplexity": PERPLEXITY_METRICS,
            "instruction": INSTRUCTION_METRICS}
 LOWER_IS_BETTER = frozenset(PERPLEXITY_METRICS)
+# the metrics that are means over items, by kind (the others are ratios over constraints, bytes or words): what
+# `multiple_choice_items`/`instruction_items` give item by item, and what a reduced set estimates (reduce.py)
+ITEM_MEAN_METRICS = {"multiple_choice": MULTIPLE_CHOICE_METRICS,
+                     "instruction": ("prompt_acc", "prompt_acc_loose", "lang_acc")}
 
 
 @dataclass(frozen=True)
@@ -58,21 +66,38 @@ def choice_probs(logprobs: Sequence[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+def _weights(weights: Sequence[float] | None, n: int) -> Sequence[float]:
+    """Per-item weights, all 1 when none are given (checked: one per item)."""
+    if weights is None:
+        return [1] * n
+    if len(weights) != n:
+        raise ValueError(f"need one weight per item ({len(weights)} weights for {n} items)")
+    return weights
+
+
+def _mean(xs: Sequence[float], ws: Sequence[float]) -> float:
+    """Weighted mean over items; all weights 1: sum(xs) / n, bit for bit."""
+    return sum(w * x for w, x in zip(ws, xs)) / sum(ws)
+
+
 def score_multiple_choice(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
-                          choices: Sequence[Sequence[str]] | None = None) -> SetScores:
-    """Mean acc and gold_prob over items; with the choice texts also acc_norm and acc_bytes."""
+                          choices: Sequence[Sequence[str]] | None = None,
+                          weights: Sequence[float] | None = None) -> SetScores:
+    """Mean acc and gold_prob over items; with the choice texts also acc_norm and acc_bytes; with `weights`, means
+    that count item i weights[i] times."""
     if len(logprobs) != len(golds) or not golds:
         raise ValueError("need one list of choice log-likelihoods per item")
     n = len(golds)
-    values = {"acc": sum(_argmax(lp) == g for lp, g in zip(logprobs, golds)) / n}
+    ws = _weights(weights, n)
+    values = {"acc": _mean([_argmax(lp) == g for lp, g in zip(logprobs, golds)], ws)}
     if choices is not None:
         if len(choices) != n or any(len(c) != len(lp) for c, lp in zip(choices, logprobs)):
             raise ValueError("need the choice texts of every item")
-        values["acc_norm"] = sum(_argmax([x / len(c) for x, c in zip(lp, cs)]) == g
-                                 for lp, cs, g in zip(logprobs, choices, golds)) / n
-        values["acc_bytes"] = sum(_argmax([x / len(c.encode("utf-8")) for x, c in zip(lp, cs)]) == g
-                                  for lp, cs, g in zip(logprobs, choices, golds)) / n
-    values["gold_prob"] = sum(choice_probs(lp)[g] for lp, g in zip(logprobs, golds)) / n
+        values["acc_norm"] = _mean([_argmax([x / len(c) for x, c in zip(lp, cs)]) == g
+                                    for lp, cs, g in zip(logprobs, choices, golds)], ws)
+        values["acc_bytes"] = _mean([_argmax([x / len(c.encode("utf-8")) for x, c in zip(lp, cs)]) == g
+                                     for lp, cs, g in zip(logprobs, choices, golds)], ws)
+    values["gold_prob"] = _mean([choice_probs(lp)[g] for lp, g in zip(logprobs, golds)], ws)
     return SetScores(values, n)
 
 
@@ -97,13 +122,16 @@ def count_words_whitespace(text: str) -> int:
     return len(re.split(r"\s+", text))
 
 
-def score_perplexity(logprobs: Sequence[float], texts: Sequence[str]) -> SetScores:
-    """Corpus bits per byte, byte perplexity and word perplexity from each text's total log-likelihood (nats)."""
+def score_perplexity(logprobs: Sequence[float], texts: Sequence[str],
+                     weights: Sequence[float] | None = None) -> SetScores:
+    """Corpus bits per byte, byte perplexity and word perplexity from each text's total log-likelihood (nats);
+    with `weights`, text i's log-likelihood, bytes and words count weights[i] times."""
     if len(logprobs) != len(texts) or not texts:
         raise ValueError("need one log-likelihood per text")
-    nll = -sum(logprobs)
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_words = sum(count_words_whitespace(t) for t in texts)
+    ws = _weights(weights, len(texts))
+    nll = -sum(w * lp for w, lp in zip(ws, logprobs))
+    n_bytes = sum(w * len(t.encode("utf-8")) for w, t in zip(ws, texts))
+    n_words = sum(w * count_words_whitespace(t) for w, t in zip(ws, texts))
     values = {"bits_per_byte": nll / n_bytes / math.log(2), "byte_perplexity": math.exp(nll / n_bytes),
               "word_perplexity": math.exp(nll / n_words)}
     return SetScores(values, len(texts))
@@ -118,19 +146,21 @@ class Verdict:
     language_ok: bool
 
 
-def score_instructions(verdicts: Sequence[Verdict]) -> SetScores:
+def score_instructions(verdicts: Sequence[Verdict], weights: Sequence[float] | None = None) -> SetScores:
     """IFEval's four accuracies (prompt level: every constraint kept; instruction level: each constraint) and
-    the share of responses in the expected language."""
+    the share of responses in the expected language; with `weights`, response i (and its constraints) counts
+    weights[i] times."""
     if not verdicts:
         raise ValueError("need at least one verdict")
     n = len(verdicts)
-    n_inst = sum(len(v.strict) for v in verdicts)
+    ws = _weights(weights, n)
+    n_inst = sum(w * len(v.strict) for w, v in zip(ws, verdicts))
     values = {
-        "prompt_acc": sum(all(v.strict) for v in verdicts) / n,
-        "inst_acc": sum(sum(v.strict) for v in verdicts) / n_inst if n_inst else 1.0,
-        "prompt_acc_loose": sum(all(v.loose) for v in verdicts) / n,
-        "inst_acc_loose": sum(sum(v.loose) for v in verdicts) / n_inst if n_inst else 1.0,
-        "lang_acc": sum(v.language_ok for v in verdicts) / n,
+        "prompt_acc": _mean([all(v.strict) for v in verdicts], ws),
+        "inst_acc": sum(w * sum(v.strict) for w, v in zip(ws, verdicts)) / n_inst if n_inst else 1.0,
+        "prompt_acc_loose": _mean([all(v.loose) for v in verdicts], ws),
+        "inst_acc_loose": sum(w * sum(v.loose) for w, v in zip(ws, verdicts)) / n_inst if n_inst else 1.0,
+        "lang_acc": _mean([v.language_ok for v in verdicts], ws),
     }
     return SetScores(values, n)
 
