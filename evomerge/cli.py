@@ -21,6 +21,7 @@ EPILOG = """commands:
                            finalists were re-checked)
   eval MODEL --eval-set D  score one model directory (or recipe) on eval sets
   evalset pull SOURCE      turn a public dataset (belebele, xstorycloze, ifeval, flores) into a local eval set
+  evalset reduce SET       a smaller dev set: weighted anchor items picked from models' per-item records
   quickstart               build tiny models, search, export: the whole flow on a CPU in minutes
   space show SPACE         dimensions, genes, seeds and the recipe at a point (reads config.json files only)
 """
@@ -126,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--from", dest="local", type=Path,
                     help="read rows from DIR/<split>.jsonl|parquet|csv instead of the Hub")
     pl.add_argument("--force", action="store_true", help="overwrite an existing eval set")
+    rd = essub.add_parser("reduce", help="a smaller dev set: K weighted anchor items whose score estimates the "
+                                         "full dev score, picked from models' per-item records")
+    rd.add_argument("set_dir", type=Path, help="the eval set to reduce")
+    rd.add_argument("--responses", type=Path, nargs="+", required=True, metavar="FILE.jsonl",
+                    help="per-item records of the set's dev split, one file per model (`evomerge eval MODEL "
+                         "--eval-set SET --per-item FILE`): the sources and a first generation's candidates")
+    rd.add_argument("--items", type=int, required=True, metavar="K", help="anchor items to keep")
+    rd.add_argument("--metric", help="the per-item value the anchors are picked for and the reduced set's card "
+                                     "metric (default: the card's)")
+    rd.add_argument("--out", type=Path, required=True, help="directory of the reduced eval set")
+    rd.add_argument("--seed", type=int, default=0, help="seed of the clustering (default 0)")
+    rd.add_argument("--force", action="store_true", help="overwrite an existing directory")
 
     sp = sub.add_parser("space", help="inspect search spaces")
     spsub = sp.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
@@ -248,6 +261,11 @@ def _run(args: argparse.Namespace) -> int:
             write_atomic(args.per_item, "".join(json.dumps(r) + "\n" for r in records))
             print(f"per-item results: {args.per_item} ({len(records)} items)", file=sys.stderr)
         print(json.dumps({k: v.as_dict() for k, v in scores.items()}, indent=2) if args.json else format_scores(scores))
+    elif args.command == "evalset" and args.evalset_command == "reduce":
+        from evomerge.reduce import reduce_evalset
+
+        print(reduce_evalset(args.set_dir, args.responses, args.items, args.out, args.metric, args.seed,
+                             args.force).summary())
     elif args.command == "evalset":
         from evomerge.evalsources import PullOptions, pull
 
