@@ -252,9 +252,10 @@ def reduce_evalset(set_dir: Path, responses: Sequence[Path], k: int, out: Path, 
     dev = [it for it in es.items if it.split == "dev"]
     if not 0 < k < len(dev):
         raise UserError("--items", f"{k} anchors of {len(dev)} dev items", f"choose 1 to {len(dev) - 1}")
-    if out.resolve() == Path(set_dir).resolve() or (out.exists() and any(out.iterdir()) and not force):
-        raise UserError(str(out), "exists" if out.resolve() != Path(set_dir).resolve() else "is the set itself",
-                        "choose another --out (or --force to overwrite a reduced set)")
+    if out.resolve() == Path(set_dir).resolve():
+        raise UserError("--out", "is the set being reduced", "write the reduced set to a directory of its own")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(str(out), "exists", "choose another --out, or --force to overwrite it")
     dev_ids = [it.id for it in dev]
     values = [read_responses(p, es.name, dev_ids, kind, metric) for p in responses]
     anchors = pick_anchors(values, dev_ids, k, seed)
