@@ -8,9 +8,9 @@ So all candidates scored on one prepared set see exactly the same requests.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Iterator, Mapping, Sequence, Union
 
 from evomerge.backends.hf import HFBackend, Request
 from evomerge.errors import UserError
@@ -240,6 +240,48 @@ def _records(p: PreparedSet, outputs: list) -> tuple[SetScores, list[dict]]:
 
 def _at(values: Sequence[str], k: int) -> str | None:
     return values[k] if k < len(values) else None
+
+
+# each prepared kind's fields that hold one entry per item (`part` cuts them; requests go by `offsets`)
+_PER_ITEM = {"ChoiceSet": ("golds", "choices", "item_ids", "contexts"), "TextSet": ("texts", "item_ids"),
+             "GenerationSet": ("prompts", "constraints", "languages", "item_ids", "contexts")}
+
+
+def n_items(p: PreparedSet) -> int:
+    """How many items a prepared set holds."""
+    return len(p.prompts) if isinstance(p, GenerationSet) else len(p.offsets) - 1
+
+
+def part(p: PreparedSet, lo: int, hi: int) -> PreparedSet:
+    """Items [lo, hi) of a prepared set, as a prepared set of their own (the same requests, not re-tokenized)."""
+    cut = {f: tuple(getattr(p, f)[lo:hi]) for f in _PER_ITEM[type(p).__name__]}
+    if isinstance(p, GenerationSet):
+        return replace(p, **cut)
+    a, b = p.offsets[lo], p.offsets[hi]
+    return replace(p, requests=p.requests[a:b], offsets=tuple(o - a for o in p.offsets[lo:hi + 1]), **cut)
+
+
+def score_batches(backend: HFBackend, prepared: Sequence[PreparedSet],
+                  batches: int) -> Iterator[tuple[int, dict[str, SetScores], dict[str, dict[str, list[float]]]]]:
+    """Score the sets in `batches` batches, each a slice of every set (racing.py): after each batch that scored
+    something, (items scored so far in all, each set's scores so far, each set's per-item values so far). Lazy:
+    a batch is scored only when the next value is asked for. Run to the end it gives `score`'s scores (each
+    item is computed as it is there; generation prompts shared between sets are shared within a batch)."""
+    from evomerge.racing import batch_ends
+
+    ends = [batch_ends(n_items(p), batches) for p in prepared]
+    outputs: list[list] = [[] for _ in prepared]
+    done = [0] * len(prepared)
+    for b in range(batches):
+        todo = [k for k, p in enumerate(prepared) if ends[k][b] > done[k]]
+        if not todo:
+            continue
+        fresh = _all_outputs(backend, [part(prepared[k], done[k], ends[k][b]) for k in todo])
+        for k, out in zip(todo, fresh):
+            outputs[k] += out
+            done[k] = ends[k][b]
+        scored = [_scored(part(p, 0, d), o) for p, d, o in zip(prepared, done, outputs)]
+        yield sum(done), {p.name: s[0] for p, s in zip(prepared, scored)}, {p.name: s[1] for p, s in zip(prepared, scored)}
 
 
 def score(backend: HFBackend, prepared: Sequence[PreparedSet],

@@ -9,7 +9,11 @@ Rules the rest of the code relies on:
   optimizers see), `objectives`, per-set `scores`, `worker`, timings (`merge_seconds`, `score_seconds`;
   `worker_started` / `worker_finished` in epoch seconds on the worker), and `seed_candidate` / `duplicate_of`
   where they apply; `stage` (uniform | per_layer) in a coarse-to-fine search (stages.py);
-- a candidate ended by the cheap first pass is PRUNED, with `pruned_reason` and its first-pass scores;
+- a candidate ended by the cheap first pass is PRUNED, with `pruned_reason` and its first-pass scores; one ended
+  by racing (racing.py) is PRUNED with the bound that decided it in `pruned_reason`, the scores of the items it
+  was scored on, and `told` (the running estimate the optimizer was told; a resume tells it again); a raced
+  trial keeps each batch's running values in `racing` and, with one objective, as Optuna intermediate values
+  (step = items scored), which optuna-dashboard plots;
 - trials a dead driver left RUNNING are failed on resume and listed in the study attribute `interrupted`; their
   candidates are evaluated again as new trials;
 - holdout re-checks of finalists live in study attributes `holdout:<trial number>` (finished trials are immutable);
@@ -23,8 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from evomerge.results import CandidateResult
 from evomerge.space import Gene
-from evomerge.worker import CandidateResult
 
 STUDY_FILE = "study.db"
 
@@ -107,6 +111,12 @@ class Ledger:
             trial.set_user_attr(key, value)
         if result.first_pass is not None and math.isfinite(result.first_pass):
             trial.set_user_attr("first_pass", result.first_pass)
+        if result.race:  # racing: each batch's running values, and (one objective) Optuna's intermediate values
+            trial.set_user_attr("racing", list(result.race))
+            if not self.multi_objective:
+                for step in result.race:
+                    if math.isfinite(step["estimate"][0]):
+                        trial.report(step["estimate"][0], step["items"])
         if result.ok and result.pruned:
             trial.set_user_attr("pruned_reason", result.pruned)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -23,13 +23,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from evomerge import holdout
+from evomerge import holdout, racing
 from evomerge.fitness import Objective, objectives as compute_objectives, scalarize
 from evomerge.genome import Genome
 from evomerge.ledger import Ledger, dev_floor, fitness_of
 from evomerge.optimizers import CmaEs
+from evomerge.results import Candidate, CandidateResult
 from evomerge.space import Space
-from evomerge.worker import Candidate, CandidateResult
 
 
 def max_early(popsize: int) -> int:
@@ -89,11 +89,12 @@ class _Gen:
 
     number: int
     items: list[tuple[int, list[float]]]  # (index, point) as asked: what the tell reports on
-    told: dict[int, list[float] | None]  # index -> objective values (None: failed or pruned)
+    told: dict[int, list[float] | None]  # index -> objective values (None: failed, or pruned by the first pass)
     queue: list[Item]  # candidates not yet handed to a worker
     early: int = 0  # points asked one by one before the previous generation was told
     asked: bool = False  # the whole generation has been asked
     replayed: set[int] = field(default_factory=set)  # Optuna: indices given back from the record (not told again)
+    off_bar: set[int] = field(default_factory=set)  # told values that set no racing bar (estimates, duplicates)
 
     @property
     def complete(self) -> bool:
@@ -173,6 +174,11 @@ class Scheduler:
         self.evaluated = sum(1 for t in trials if t.state in finished and "duplicate_of" not in t.user_attrs)
         self.best = max((fitness_of(t) for t in self.cache.values()), default=None)
         self.fp_best = max((t.user_attrs["first_pass"] for t in trials if "first_pass" in t.user_attrs), default=None)
+        # racing's bar comes from the told generations only (racing.py): a resume replays them in the same order;
+        # an earlier stage's complete trials count from the start
+        self.told_points: list[tuple[float, ...]] = [
+            tuple(t.values) for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.user_attrs.get("generation", self.first_gen) < self.first_gen and "duplicate_of" not in t.user_attrs]
         self.obj_best: dict[str, float] = {}  # best value seen per objective, for the progress bar
         self.replayable = isinstance(self.optimizer, CmaEs)  # pycma: re-asking under the seed gives the same points
         n_layers = self.pool.n_layers
@@ -262,7 +268,7 @@ class Scheduler:
                 for t in recorded:
                     i = t.user_attrs["index"]
                     g.items.append((i, t.user_attrs["genome"]))
-                    g.told[i] = self._told(t)
+                    self._replayed(g, i, t)
                     g.replayed.add(i)
                 self.bar.update(len(recorded))
         return g
@@ -324,7 +330,7 @@ class Scheduler:
                 if max(abs(a - b) for a, b in zip(x, t.user_attrs["genome"])) > 1e-9:
                     raise RuntimeError(f"replay diverged at generation {g.number} (trial {t.number}): the "
                                        "optimizer asked another point than the recorded one")
-                g.told[i] = self._told(t)
+                self._replayed(g, i, t)
                 self.bar.update(1)
                 continue
             values = self.genome.decode(x)
@@ -337,6 +343,7 @@ class Scheduler:
                          **({"stage": self.stage} if self.stage else {})}
                 self.ledger.record_duplicate(values, attrs, dup)
                 g.told[i] = list(dup.values)
+                g.off_bar.add(i)
                 self.bar.update(1)
                 continue
             g.queue.append(Item(g.number, i, x, values, seed_name, early))
@@ -347,6 +354,7 @@ class Scheduler:
         if live:
             self.optimizer.tell([x for _, x in live], [g.told[i] for i, _ in live])
         done = [v for v in g.told.values() if v is not None]
+        self.told_points += [tuple(v) for i, v in g.told.items() if v is not None and i not in g.off_bar]
         gen_best = max((scalarize(dict(zip([o.name for o in self.objs], v)), self.weights, self.how)
                         if self.multi else v[0]) for v in done) if done else None
         self.per_gen.append(gen_best)
@@ -376,7 +384,12 @@ class Scheduler:
         fp_frac = self.space.search.first_pass_min_fraction if self.space.search.first_pass_items else None
         if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
             prune_below = fp_frac * self.fp_best if self.fp_best is not None and self.fp_best > 0 else float("-inf")
-        return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(), prune_below=prune_below)
+        rs = self.space.search.racing
+        race = None if rs is None else racing.Race(
+            rs.batches, rs.confidence, racing.bar(self.told_points, rs.keep_for(self.space.search.finalists), self.multi),
+            self.multi)
+        return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(), prune_below=prune_below,
+                         race=race)
 
     def _record(self, item: Item, result: CandidateResult) -> None:
         g = next(g for g in self.open if g.number == item.gen)
@@ -384,8 +397,11 @@ class Scheduler:
         if result.first_pass is not None and math.isfinite(result.first_pass):
             self.fp_best = result.first_pass if self.fp_best is None else max(self.fp_best, result.first_pass)
         if result.ok and result.pruned:
-            self.ledger.finish(result, None, log)
-            g.told[item.index] = None  # the optimizer sees a pruned candidate as the worst
+            # racing: the optimizer is told the running estimate (under the bar); the first pass: the worst
+            told = list(result.race[-1]["estimate"]) if result.race else None
+            self.ledger.finish(result, None, {**log, **({"told": told} if told else {})})
+            g.told[item.index] = told
+            g.off_bar.add(item.index)
         elif result.ok:
             vals, fit, objs = self._outcome(result.scores)
             for k, v in objs.items():
@@ -403,11 +419,22 @@ class Scheduler:
                              **({k: f"{v:.3f}" for k, v in self.obj_best.items()} if len(self.obj_best) > 1 else {}))
 
     def _told(self, trial) -> list[float] | None:
+        """What the optimizer was told of a recorded trial: its values, a racing estimate, or None (the worst)."""
         import optuna
 
+        if trial.state == optuna.trial.TrialState.PRUNED and "told" in trial.user_attrs:
+            return list(trial.user_attrs["told"])
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return None
         return list(trial.values)
+
+    def _replayed(self, g: _Gen, i: int, trial) -> None:
+        """Generation g's point i is a recorded trial: tell what it was told."""
+        import optuna
+
+        g.told[i] = self._told(trial)
+        if trial.state != optuna.trial.TrialState.COMPLETE or "duplicate_of" in trial.user_attrs:
+            g.off_bar.add(i)
 
     def _finalists_to_recheck(self, k: int) -> list[Recheck]:
         """The top-k trials by dev fitness that have no holdout score yet (with stages, none below the uniform

@@ -171,6 +171,20 @@ class SearchSettings:
     tensor_parallel: int | None = None  # vLLM ranks (GPUs) per worker; None: the smallest that fits (memplan.py)
     max_model_len: int | None = None  # longest prompt + answer the engine serves (None: the model's, at most 4096)
     coarse_to_fine: float | None = None  # share of the generations for the uniform stage (None: one stage; stages.py)
+    racing: Racing | None = None  # score dev items in batches and stop a candidate that cannot reach the bar
+
+
+@dataclass(frozen=True)
+class Racing:
+    """`search.racing` (racing.py): the batches a candidate's dev items are scored in, the confidence of the bound
+    that stops it, and how many leaders a single-objective search protects (None: `finalists`, at least 1)."""
+
+    batches: int = 4
+    confidence: float = 0.95
+    keep: int | None = None
+
+    def keep_for(self, finalists: int) -> int:
+        return self.keep if self.keep is not None else max(1, finalists)
 
 
 @dataclass(frozen=True)
@@ -349,6 +363,8 @@ SPACE_SECTIONS: dict[str, str] = {
     "search": "Optimizer, objectives and budget; every key is optional.",
     "search.first_pass": "A cheap first pass that prunes poor candidates before they are scored in full.",
     "search.coarse_to_fine": "The mapping form of `coarse_to_fine`.",
+    "search.racing": "The mapping form of `racing`: each candidate's dev items in batches, stopped early when a "
+                     "confidence bound says it cannot reach the leaders (single objective) or the front (several).",
 }
 SPACE_KEYS: dict[str, tuple[Key, ...]] = {
     "": (
@@ -451,11 +467,21 @@ SPACE_KEYS: dict[str, tuple[Key, ...]] = {
             Derived("the model's, at most 4096")),
         Key("coarse_to_fine", (bool, dict), "First search the uniform view (one global gene per model and "
             "parameter) for a share of the generations (true: a third), then the space's own genes seeded with "
-            "its best points.", "{uniform_share: 0.25}", False, shape="(see search.coarse_to_fine)")),
+            "its best points.", "{uniform_share: 0.25}", False, shape="(see search.coarse_to_fine)"),
+        Key("racing", (bool, dict), "Score each candidate's dev items in batches and stop it once a confidence bound "
+            "says it cannot reach the leaders or the front (PRUNED; true: the defaults below). Replaces "
+            "`first_pass`.", "{batches: 4, confidence: 0.95}", False, shape="(see search.racing)")),
     "search.first_pass": (
         Key("items", int, "Dev items per set in the first pass (positive).", "20", REQUIRED),
         Key("min_fraction", float, "Prune when the first pass scores below this fraction of the best, in (0, 1].",
             "0.5", _S.first_pass_min_fraction)),
+    "search.racing": (
+        Key("batches", int, "Batches of each set's dev items (2 or more; the bound is checked after each but the "
+            "last).", "4", Racing.batches),
+        Key("confidence", float, "One-sided confidence of the bound, in [0.5, 1): the most a candidate that would "
+            "have made the cut is pruned with is 1 - confidence.", "0.95", Racing.confidence),
+        Key("keep", int, "Single objective: the leaders a candidate must be able to join (the k-th best fitness "
+            "so far is the bar).", "3", Derived("search.finalists, at least 1"))),
     "search.coarse_to_fine": (
         Key("uniform_share", float, "Share of the generations for the uniform stage, in (0, 1).", "0.33",
             REQUIRED),),
@@ -586,6 +612,10 @@ def parse_space(data: Any, source: str) -> Space:
         if not 0 < fp_frac <= 1:
             raise UserError(where("search.first_pass.min_fraction"), "must be in (0, 1]", "e.g. 0.5")
     coarse = _coarse_to_fine(s.get("coarse_to_fine", False), where("search.coarse_to_fine"))
+    racing = _racing(s.get("racing", False), where("search.racing"))
+    if racing is not None and fp is not None:
+        raise UserError(where("search.racing"), "racing replaces first_pass", "keep one of search.racing and "
+                        "search.first_pass")
     settings = SearchSettings(
         s.get("optimizer", "cmaes"),
         _posint(s["popsize"], where("search.popsize")) if "popsize" in s else d.popsize,
@@ -602,7 +632,7 @@ def parse_space(data: Any, source: str) -> Space:
         _posint(s["tensor_parallel"], where("search.tensor_parallel")) if s.get("tensor_parallel") is not None
         else None,
         _posint(s["max_model_len"], where("search.max_model_len")) if s.get("max_model_len") is not None else None,
-        coarse)
+        coarse, racing)
 
     build = top.get("build")
     mini, seed = None, 0
@@ -614,6 +644,21 @@ def parse_space(data: Any, source: str) -> Space:
             raise UserError(where("build.seed"), "must be an integer", "e.g. 0")
     return Space(source, models, method, dtype, dict(params), {k: dict(v) for k, v in fixed.items()},
                  genes, tuple(sets), split, max_items, settings, mini, seed, seeds)
+
+
+def _racing(raw: Any, where: str) -> Racing | None:
+    """`search.racing`: false (off), true (the defaults) or {batches?, confidence?, keep?}."""
+    if isinstance(raw, bool):
+        return Racing() if raw else None
+    r = _mapping(raw, where, *_section("search.racing"))
+    batches = _posint(r.get("batches", Racing.batches), f"{where}.batches")
+    if batches < 2:
+        raise UserError(f"{where}.batches", f"{batches} batch cannot race", "use 2 or more, e.g. 4")
+    confidence = _number(r.get("confidence", Racing.confidence), f"{where}.confidence")
+    if not 0.5 <= confidence < 1:
+        raise UserError(f"{where}.confidence", f"{confidence} is not in [0.5, 1)", "e.g. 0.95")
+    keep = _posint(r["keep"], f"{where}.keep") if "keep" in r else None
+    return Racing(batches, confidence, keep)
 
 
 def _coarse_to_fine(raw: Any, where: str) -> float | None:

@@ -14,10 +14,11 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from evomerge.memplan import MemoryPlan
+from evomerge.results import Candidate, CandidateResult  # noqa: F401 - also imported from here
 from evomerge.scorers import SetScores
 
 
@@ -37,37 +38,6 @@ class EvaluatorSpec:
     objectives: tuple = ()  # fitness.Objective specs, to compute a first-pass fitness inside the worker
     objective_weights: Mapping[str, float] | None = None
     scalarize: str = "mean"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One point to evaluate: the trial number it is recorded under and its recipe (mergekit dict)."""
-
-    number: int
-    recipe: Mapping[str, Any]
-    split: str = "dev"  # "holdout" only for the finalists' re-check
-    prune_below: float | None = None  # first-pass fitness under which the candidate is pruned (None: no first pass)
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    """Scores of one candidate, or the reason it failed (error is None on success)."""
-
-    number: int
-    scores: Mapping[str, SetScores] = field(default_factory=dict)
-    error: str | None = None
-    merge_seconds: float = 0.0
-    score_seconds: float = 0.0
-    worker: str = ""
-    pruned: str | None = None  # why the first pass ended it (then `scores` are the first pass's)
-    first_pass: float | None = None  # the first pass's fitness, when one ran
-    started_at: float = 0.0  # wall clock (epoch seconds) on the worker when the candidate began and ended:
-    finished_at: float = 0.0  # what the busy-fraction benchmark and the dashboard's timeline read
-    worker_log: str = ""  # the worker's output file (runs/<name>/workers/<worker>.log), set by the pool
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class Evaluator:
@@ -140,14 +110,30 @@ class Evaluator:
                 if why:
                     return CandidateResult(candidate.number, fp_scores, None, t1 - t0, time.perf_counter() - t1,
                                            self.worker, pruned=why, first_pass=first)
-            scores = evaluation.score(self.backend, self._prepared(candidate.split))
+            pruned, race = None, ()
+            if candidate.race is not None and self.spec is not None:
+                scores, pruned, race = self._race(candidate.race, candidate.split)
+            else:
+                scores = evaluation.score(self.backend, self._prepared(candidate.split))
             t2 = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - a candidate's failure is data, not a crash
             return CandidateResult(candidate.number, error=error_text(e), worker=self.worker)
         if not all(math.isfinite(v) for sc in scores.values() for v in sc.values.values()):
             return CandidateResult(candidate.number, error="non-finite scores (collapsed model)",
                                    merge_seconds=t1 - t0, score_seconds=t2 - t1, worker=self.worker)
-        return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker, first_pass=first)
+        return CandidateResult(candidate.number, scores, None, t1 - t0, t2 - t1, self.worker, pruned=pruned,
+                               first_pass=first, race=race)
+
+    def _race(self, race, split: str) -> tuple[Mapping[str, SetScores], str | None, tuple[dict, ...]]:
+        """Score the dev items in batches until racing.py says the candidate cannot reach the bar: (the scores of
+        the items scored, why it was pruned or None, each batch's step)."""
+        from evomerge import evaluation, racing
+
+        prepared = self._prepared(split)
+        totals = {p.name: evaluation.n_items(p) for p in prepared}
+        scores, steps, why = racing.run(race, evaluation.score_batches(self.backend, prepared, race.batches), totals,
+                                        self.spec.objectives, self.spec.objective_weights, self.spec.scalarize)
+        return scores, why, tuple(s.as_dict() for s in steps)
 
     def _first_pass(self, prune_below: float) -> tuple[float, str | None, Mapping[str, SetScores]]:
         """Score a handful of dev items; (first-pass fitness, the reason to prune or None, the scores)."""
