@@ -38,7 +38,8 @@ import numpy as np
 
 from evomerge.errors import UserError
 
-MIN_RESPONDERS = 3  # the leave-one-out check fits on all but one, and a cluster of items needs two models to mean anything
+# the leave-one-out check fits on all but one, and a cluster of items needs two models to mean anything
+MIN_RESPONDERS = 3
 _RESTARTS = 8  # k-means++ restarts; the lowest within-cluster sum of squares wins
 _RANDOM_DRAWS = 50  # random K-item subsets per left-out responder, for the baseline error
 
