@@ -243,8 +243,9 @@ def _at(values: Sequence[str], k: int) -> str | None:
 
 
 # each prepared kind's fields that hold one entry per item (`part` cuts them; requests go by `offsets`)
-_PER_ITEM = {"ChoiceSet": ("golds", "choices", "item_ids", "contexts"), "TextSet": ("texts", "item_ids"),
-             "GenerationSet": ("prompts", "constraints", "languages", "item_ids", "contexts")}
+_PER_ITEM = {"ChoiceSet": ("golds", "choices", "item_ids", "contexts", "weights"),
+             "TextSet": ("texts", "item_ids", "weights"),
+             "GenerationSet": ("prompts", "constraints", "languages", "item_ids", "contexts", "weights")}
 
 
 def n_items(p: PreparedSet) -> int:
@@ -254,11 +255,19 @@ def n_items(p: PreparedSet) -> int:
 
 def part(p: PreparedSet, lo: int, hi: int) -> PreparedSet:
     """Items [lo, hi) of a prepared set, as a prepared set of their own (the same requests, not re-tokenized)."""
-    cut = {f: tuple(getattr(p, f)[lo:hi]) for f in _PER_ITEM[type(p).__name__]}
+    return take(p, range(lo, hi))
+
+
+def take(p: PreparedSet, indices: Sequence[int]) -> PreparedSet:
+    """The items at `indices` (in that order) of a prepared set, as a prepared set of their own."""
+    cut = {f: tuple(getattr(p, f)[i] for i in indices) if getattr(p, f) else () for f in _PER_ITEM[type(p).__name__]}
     if isinstance(p, GenerationSet):
         return replace(p, **cut)
-    a, b = p.offsets[lo], p.offsets[hi]
-    return replace(p, requests=p.requests[a:b], offsets=tuple(o - a for o in p.offsets[lo:hi + 1]), **cut)
+    requests, offsets = [], [0]
+    for i in indices:
+        requests += p.requests[p.offsets[i]:p.offsets[i + 1]]
+        offsets.append(len(requests))
+    return replace(p, requests=tuple(requests), offsets=tuple(offsets), **cut)
 
 
 def score_batches(backend: HFBackend, prepared: Sequence[PreparedSet],

@@ -98,7 +98,8 @@ def _term_upper(scores: SetScores, items: Mapping[str, Sequence[float]], total: 
     values = items.get(metric)
     if values is None or metric in LOWER_IS_BETTER:
         return math.inf
-    return upper_mean(sum(values) / len(values), len(values), total, z)
+    # the set's own mean (weighted on a reduced set, whose anchors the bound then counts as equal items)
+    return upper_mean(metric_value(scores, metric), len(values), total, z)
 
 
 def bounds(scores: Mapping[str, SetScores], items: Mapping[str, Mapping[str, Sequence[float]]],

@@ -44,7 +44,8 @@ def rolling_windows(tokens: Sequence[int], prefix: int, max_len: int) -> list[Re
 @dataclass
 class Usage:
     """What the model computed since the counts were last reset: forwards, input tokens (cached ones not
-    counted) and the padded cells of those inputs (rows x width)."""
+    counted; in generation the prompt's tokens and each new token fed back) and the padded cells of the scoring
+    inputs (rows x width)."""
 
     forwards: int = 0
     tokens: int = 0
@@ -294,6 +295,8 @@ class HFBackend:
                                       generation_config=config, stopping_criteria=criteria)
             for b, i in enumerate(batch):
                 out[i] = gen[b, width:].tolist()
+            self.usage.forwards += gen.shape[1] - width  # one forward per new token (the prompt's in the first)
+            self.usage.tokens += int(mask.sum()) + len(batch) * max(0, gen.shape[1] - width - 1)
         return out
 
 
