@@ -2,6 +2,7 @@
 
 - `fitness.png`: each completed evaluation's fitness (dev) and the best so far, against the number of evaluations
   completed (in order of completion: trial numbers are handed out when candidates are asked, not when they finish);
+  its title counts the trials not shown as `status` does: failed, interrupted (not failures), pruned;
 - `per_set.png`: each eval set's score per evaluation, one panel per metric (so accuracies and bits per byte never
   share an axis), points only (a set missing from an evaluation leaves a gap, not a line across it);
 - `best_genome.png`: the gene values of the exported trial (the one in RUN/export/manifest.json, else the one
@@ -40,6 +41,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
     from evomerge.ledger import storage_url
     from evomerge.rundir import read_run
+    from evomerge.status import outcomes
 
     run_dir = Path(run_dir)
     info = read_run(run_dir)
@@ -53,8 +55,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     written: list[Path] = []
     if not done:
         return written
-    n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
-    written.append(_save(fitness_figure(info.name, done, n_failed), out / "fitness.png"))
+    counts = outcomes(run_dir, study).counts  # as `status` counts: interrupted and pruned trials are no failures
+    written.append(_save(fitness_figure(info.name, done, counts), out / "fitness.png"))
     if any(t.user_attrs.get("scores") for t in done):
         written.append(_save(per_set_figure(done, _set_metrics(space)), out / "per_set.png"))
     chosen, why = exported_trial(run_dir, info, done)
@@ -101,8 +103,14 @@ def exported_trial(run_dir: Path, info: Any, done: Sequence[Any]) -> tuple[Any, 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def fitness_figure(name: str, done: Sequence[Any], n_failed: int = 0):
-    """Fitness (dev) of the completed evaluations `done` (in order of completion) and the best so far."""
+# how the fitness plot names the trials it does not show (status.py `outcomes` counts them)
+_NOT_SHOWN = {"FAIL": "failed", "INTERRUPTED": "interrupted (a driver died; evaluated again, not failures)",
+              "PRUNED": "pruned (stopped early by the first pass or racing)", "RUNNING": "running", "WAITING": "waiting"}
+
+
+def fitness_figure(name: str, done: Sequence[Any], counts: Mapping[str, int] = {}):
+    """Fitness (dev) of the completed evaluations `done` (in order of completion) and the best so far; the title
+    names the trials not shown by outcome (`counts`: status.py `outcomes`)."""
     from evomerge.ledger import fitness_of
 
     plt = _pyplot()
@@ -117,8 +125,9 @@ def fitness_figure(name: str, done: Sequence[Any], n_failed: int = 0):
     ax.step(xs, running, where="post", color="C3", label="best so far")
     ax.set_xlabel("evaluations completed (in order of completion)")
     ax.set_ylabel("fitness (dev)")
-    failed = f", {n_failed} failed (not shown)" if n_failed else ""
-    ax.set_title(f"{name}: fitness over {len(done)} completed evaluations{failed}")
+    rest = ", ".join(f"{counts[k]} {label}" for k, label in _NOT_SHOWN.items() if counts.get(k))
+    ax.set_title(f"{name}: fitness over {len(done)} completed evaluations" + (f"\nnot shown: {rest}" if rest else ""),
+                 fontsize=9)
     ax.legend()
     return fig
 

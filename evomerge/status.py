@@ -69,6 +69,40 @@ def _driver(run_dir: Path) -> tuple[str | None, str | None]:
     return live, last
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """What became of a run's trials, counted by outcome (COMPLETE, FAIL, PRUNED, INTERRUPTED, RUNNING, WAITING),
+    and who drives the run. INTERRUPTED is not a failure of the candidate: a driver died while it was in flight
+    (ledger.py `fail_interrupted` fails it on resume and lists it in the study attribute `interrupted`; until then it
+    is RUNNING with no process holding the run), and `resume` evaluates its candidate again. PRUNED: the first pass
+    or racing stopped the candidate early (user attribute `pruned_reason`). `status` and `plot` both count this way."""
+
+    counts: Mapping[str, int]
+    driver: str | None = None  # "pid N on HOST" of the process driving the run now, if one is
+    dead_driver: str | None = None  # the last driver, when trials are left RUNNING and no process holds the run
+
+
+def outcomes(run_dir: str | Path, study) -> Outcomes:
+    """Count the outcomes of `study`'s trials (the study of the run in `run_dir`, whose lock names its driver)."""
+    import optuna
+
+    from evomerge.ledger import Ledger
+
+    trials = study.get_trials(deepcopy=False)
+    interrupted = set(Ledger(study, ()).interrupted())
+    live, last = _driver(Path(run_dir))
+    running = any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    dead = (last or "(unknown)") if running and live is None else None  # RUNNING, nobody driving: a driver died
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.number in interrupted or (dead and t.state == optuna.trial.TrialState.RUNNING):
+            key = "INTERRUPTED"  # not a failure of the candidate: `resume` evaluates it again
+        else:
+            key = t.user_attrs.get("pruned_reason") and "PRUNED" or t.state.name
+        counts[key] = counts.get(key, 0) + 1
+    return Outcomes(counts, live, dead)
+
+
 def _exported(run_dir: Path, ledger, done, holdout) -> tuple[TrialSummary | None, str | None]:
     """The trial of export/manifest.json and how it was chosen when an export exists, else the trial export would
     take (and None)."""
@@ -104,16 +138,7 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
     interrupted = set(study.user_attrs.get("interrupted", []))
     evaluated = [t for t in trials if t.state.is_finished() and "duplicate_of" not in t.user_attrs
                  and t.number not in interrupted]
-    live, last = _driver(Path(run_dir))
-    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    dead = (last or "(unknown)") if running and live is None else None  # RUNNING, nobody driving: a driver died
-    counts: dict[str, int] = {}
-    for t in trials:
-        if t.number in interrupted or (dead and t.state == optuna.trial.TrialState.RUNNING):
-            key = "INTERRUPTED"  # not a failure of the candidate: `resume` evaluates it again
-        else:
-            key = t.user_attrs.get("pruned_reason") and "PRUNED" or t.state.name
-        counts[key] = counts.get(key, 0) + 1
+    seen = outcomes(run_dir, study)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     ledger = Ledger(study, ())
     holdout = ledger.holdout()
@@ -127,8 +152,9 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
     front = tuple(_summary(t, holdout) for t in study.best_trials) if len(study.directions) > 1 else ()
     finalists = tuple(sorted((_summary(t, holdout) for t in done if t.number in holdout), key=lambda s: -s.holdout))
     exported, chosen = _exported(Path(run_dir), ledger, done, holdout)
-    return RunStatus(info.name, objectives, counts, gens, best, front, finalists, len(evaluated),
-                     sum(1 for t in evaluated if t.user_attrs.get("early")), exported, chosen, live, dead)
+    return RunStatus(info.name, objectives, seen.counts, gens, best, front, finalists, len(evaluated),
+                     sum(1 for t in evaluated if t.user_attrs.get("early")), exported, chosen, seen.driver,
+                     seen.dead_driver)
 
 
 def render(status: RunStatus) -> str:

@@ -52,7 +52,7 @@ def test_fitness_is_drawn_against_evaluations_completed_not_trial_numbers() -> N
     trials = [_trial(0, 30.0, [0.1], {}), _trial(1, 20.0, [0.5], {}), _trial(2, 10.0, [0.3], {})]
     done = completed_in_order(trials)
     assert [t.number for t in done] == [2, 1, 0]
-    fig = fitness_figure("r", done, n_failed=1)
+    fig = fitness_figure("r", done, {"FAIL": 1, "COMPLETE": 3})
     ax = fig.axes[0]
     points = ax.collections[0].get_offsets()
     assert [tuple(p) for p in points] == [(1, 0.3), (2, 0.5), (3, 0.1)]
@@ -125,3 +125,47 @@ def test_exported_trial_is_the_manifest_trial(tmp_path: Path) -> None:
     (tmp_path / "export" / "manifest.json").write_text(json.dumps({"trial": 5}))
     trial, why = exported_trial(tmp_path, None, done)
     assert trial.number == 5 and why == "exported"  # not the best dev fitness (trial 0)
+
+
+def test_the_fitness_plot_counts_interrupted_and_pruned_trials_apart_from_failures(tmp_path: Path, monkeypatch) -> None:
+    """A run with 2 completed trials, 1 real failure, 1 pruned by racing, 1 a dead driver left running (failed by
+    the resume) and 1 RUNNING under a driver that died since: the title counts them as `status` does."""
+    import evomerge.plots as plots
+    from evomerge.ledger import Ledger
+    from evomerge.results import CandidateResult
+    from evomerge.rundir import RunLock, create_run, new_info, read_run
+    from evomerge.status import outcomes
+
+    run = tmp_path / "p"
+    create_run(run, new_info("p", REPO / "search_spaces" / "quickstart.yaml", 0, 1, 4))
+    genes = read_run(run).space().expand(4)
+    params = {g.name: g.low for g in genes}
+    with RunLock(run):
+        ledger = Ledger.open(run, "p", genes, create=True)
+        for number in range(4):
+            ledger.start(params, {})
+        ledger.finish(CandidateResult(0, worker="w"), [0.5], {"fitness": 0.5})
+        ledger.finish(CandidateResult(1, worker="w", error="out of memory"), None)
+        ledger.finish(CandidateResult(2, worker="w", pruned="racing: upper bound 0.1 < 0.5"), None)
+    Ledger.open(run, "p", genes, create=False).fail_interrupted()  # trial 3: interrupted, failed by the resume
+    with RunLock(run):
+        ledger = Ledger.open(run, "p", genes, create=False)
+        ledger.start(params, {})
+        ledger.finish(CandidateResult(4, worker="w"), [0.6], {"fitness": 0.6})
+        ledger.start(params, {})  # trial 5: left RUNNING by a driver that is killed now
+    seen = outcomes(run, ledger.study)
+    assert seen.counts == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 1, "INTERRUPTED": 2} and seen.dead_driver
+
+    titles = []
+    real = plots.fitness_figure
+
+    def spy(*args, **kwargs):
+        fig = real(*args, **kwargs)
+        titles.append(fig.axes[0].get_title())
+        return fig
+
+    monkeypatch.setattr(plots, "fitness_figure", spy)
+    assert (run / "plots" / "fitness.png") in plots.plot_run(run)
+    (title,) = titles
+    assert "over 2 completed evaluations" in title and "1 failed" in title, title
+    assert "2 interrupted" in title and "1 pruned" in title and "running" not in title, title
