@@ -243,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         from evomerge.export import export_run
 
         r = export_run(args.run, args.out, with_model=not args.recipe_only, trial=args.trial)
-        print(f"trial {r.trial} (fitness {r.value:.6f}): recipe {r.recipe_path}" + (f", model {r.model_dir}" if r.model_dir else ""))
+        print(r.report())
     elif args.command == "eval":
         from evomerge.evaluation import format_scores, score_target
         from evomerge.hub import check_weights

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from evomerge.atomic import replace_dir, temp_sibling, write_atomic, write_error
 from evomerge.errors import UserError
+from evomerge.holdout import which_fitness
 from evomerge.ledger import Ledger, fitness_of
 from evomerge.merge import merge_to_disk, plan_merge
 from evomerge.recipe import dump_recipe_yaml
@@ -23,7 +24,15 @@ class ExportResult:
     recipe_path: Path
     model_dir: Path | None
     trial: int
-    value: float
+    dev_fitness: float
+    holdout_fitness: float | None = None  # None: the trial was not re-scored on holdout
+    chosen: str = "dev"  # how the trial was chosen: holdout | dev | --trial (the manifest's `chosen`)
+
+    def report(self) -> str:
+        """The line `evomerge export` prints: the trial, how it was chosen and which fitness is which (as `status`
+        and the search's last line say them), then where the recipe and model went."""
+        return (f"exported trial {self.trial} ({which_fitness(self.chosen, self.dev_fitness, self.holdout_fitness)})"
+                f": recipe {self.recipe_path}" + (f", model {self.model_dir}" if self.model_dir else ""))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_model: bool = True,
@@ -64,15 +73,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
     out = Path(out_dir) if out_dir else run_dir / "export"
     _check_replaceable(out)
     recipe_path = out / "recipe.yaml"
-    picked = {"holdout": f"holdout fitness {holdout['fitness']:.6f} (best of the {len(rechecked)} trials re-scored on "
-                         f"holdout), dev {value:.6f}" if holdout else "",
-              "dev": f"fitness {value:.6f} (dev split)",
-              "--trial": f"chosen with --trial: dev fitness {value:.6f}"
-                         + (f", holdout {holdout['fitness']:.6f}" if holdout else "")}[chosen]
+    hold_value = holdout["fitness"] if holdout else None
+    picked = which_fitness(chosen, value, hold_value, digits=6, why=f"best of the {len(rechecked)} trials re-scored"
+                           " on holdout" if chosen == "holdout" else "")
     header = [f"evomerge run {info.name!r}, trial {best.number}, {picked}",
               f"reproduce with: evomerge merge {recipe_path} OUT_DIR   (or: mergekit-yaml {recipe_path} OUT_DIR)"]
     manifest = {"run": info.name, "trial": best.number, "chosen": chosen, "dev_fitness": value,
-                "holdout_fitness": holdout["fitness"] if holdout else None,
+                "holdout_fitness": hold_value,
                 "objectives": best.user_attrs.get("objectives"),
                 "holdout_objectives": _holdout_objectives(space, holdout) if holdout else None,
                 "params": best.params,
@@ -99,7 +106,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, with_m
             raise
         raise UserError(str(out), e.problem, e.hint) from None
     model_dir = out / "model" if with_model else None
-    return ExportResult(recipe_path, model_dir, best.number, value)
+    return ExportResult(recipe_path, model_dir, best.number, value, hold_value, chosen)
 
 
 _EXPORT_FILES = {"recipe.yaml", "manifest.json", "model"}

@@ -53,6 +53,23 @@ def record(ledger: Any, number: int, result: HoldoutResult) -> None:
     ledger.set_holdout(number, result.fitness, result.score_dicts())
 
 
+# how an exported trial was chosen (export's manifest `chosen`), in the words `status` and `export` print
+_CHOSEN = {"holdout": "chosen on holdout", "dev": "chosen on dev fitness (no holdout re-check)",
+           "--trial": "chosen with --trial"}
+
+
+def which_fitness(chosen: str, dev: float | None, holdout: float | None, digits: int = 4, why: str = "") -> str:
+    """How a trial was chosen (and `why`, in brackets) and both of its fitnesses, each named as the search's last
+    line names them ("chosen on holdout: holdout 0.8000, dev 0.8139"), so that neither is taken for the other;
+    `chosen` is "holdout", "dev" or "--trial" (anything else reads "how chosen unrecorded"); no holdout, no holdout
+    figure."""
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    hold = f"holdout {f(holdout)}, " if holdout is not None else ""
+    return f"{_CHOSEN.get(chosen, 'how chosen unrecorded')}{f' ({why})' if why else ''}: {hold}dev {f(dev)}"
+
+
 def recorded_objectives(entry: Mapping[str, Any], objs: Sequence[Objective]) -> dict[str, float]:
     """A ledger holdout entry's objectives, recomputed from its stored per-set scores."""
     scores = {name: SetScores(dict(s["values"]), int(s.get("n", 0))) for name, s in entry["scores"].items()}

@@ -159,6 +159,8 @@ def run_status(run_dir: str | Path, top: int = 5) -> RunStatus:
 
 def render(status: RunStatus) -> str:
     """The text `evomerge status` prints."""
+    from evomerge.holdout import which_fitness
+
     lines = [f"run {status.name}: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(status.counts.items()))]
     if status.driver:
         lines.append(f"driver: {status.driver} (running)")
@@ -190,10 +192,6 @@ def render(status: RunStatus) -> str:
     if status.exported is not None:
         e = status.exported
         what = f"exported trial {e.number}" if status.export_chosen else f"export takes trial {e.number}"
-        how = {"holdout": "chosen on holdout", "dev": "chosen on dev fitness (no holdout re-check)",
-               "--trial": "chosen with --trial"}.get(status.export_chosen or ("holdout" if e.holdout is not None
-                                                                              else "dev"), "how chosen unrecorded")
-        hold = f"holdout {e.holdout:.4f}, " if e.holdout is not None else ""
-        dev = "-" if e.fitness is None else f"{e.fitness:.4f}"
-        lines.append(f"{what}, {how}: {hold}dev {dev}")
+        chosen = status.export_chosen or ("holdout" if e.holdout is not None else "dev")
+        lines.append(f"{what}, {which_fitness(chosen, e.fitness, e.holdout)}")
     return "\n".join(lines)

@@ -165,6 +165,38 @@ def test_the_search_report_says_which_fitness_is_which(tmp_path):
                           "chosen on holdout: holdout 0.8000, dev 0.8139")
 
 
+def test_export_says_which_fitness_is_which(tmp_path, capsys):
+    """`evomerge export` (recipe only, no model needed) names the dev and the holdout fitness as status does: the
+    trial chosen on holdout with both, a run without a holdout re-check on dev; the recipe's header alike."""
+    from evomerge.cli import main
+    from evomerge.rundir import read_run
+    from evomerge.status import render, run_status
+
+    run = tmp_path / "x"
+    create_run(run, new_info("x", QUICKSTART_YAML, 0, 1, 4))
+    genes = read_run(run).space().expand(4)
+    ledger = Ledger.open(run, "x", genes, create=True)
+    for number, dev in enumerate((0.8190, 0.8139)):
+        ledger.start({g.name: g.low for g in genes}, {})
+        ledger.finish(CandidateResult(number, worker="w"), [dev], {"fitness": dev})
+    assert main(["export", str(run), "--recipe-only"]) == 0  # no holdout re-check: the dev leader, on dev
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("exported trial 0 (chosen on dev fitness (no holdout re-check): dev 0.8190): recipe "), out
+    ledger.set_holdout(1, 0.80, {})
+    ledger.set_holdout(0, 0.75, {})
+    assert main(["export", str(run), "--recipe-only"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("exported trial 1 (chosen on holdout: holdout 0.8000, dev 0.8139): recipe "), line
+    assert "fitness 0.8139" not in line  # the dev figure never stands unnamed
+    header = (run / "export" / "recipe.yaml").read_text().splitlines()[0]
+    assert header.endswith("trial 1, chosen on holdout (best of the 2 trials re-scored on holdout): holdout 0.800000, "
+                           "dev 0.813900"), header
+    assert "exported trial 1, chosen on holdout: holdout 0.8000, dev 0.8139" in render(run_status(run))
+    assert main(["export", str(run), "--recipe-only", "--trial", "0"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("exported trial 0 (chosen with --trial: holdout 0.7500, dev 0.8190): recipe "), line
+
+
 def test_status_names_the_dead_driver_and_shows_interrupted_trials(tmp_path):
     from evomerge.search import _summary
     from evomerge.status import render, run_status
