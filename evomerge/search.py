@@ -23,6 +23,7 @@ from evomerge.backends.select import plan_for_space
 from evomerge.errors import UserError
 from evomerge.fitness import Objective, Term, parse_objectives
 from evomerge.genome import Genome
+from evomerge.holdout import which_fitness
 from evomerge.hub import check_configs
 from evomerge.ledger import Ledger, fitness_of
 from evomerge.optimizers import check_popsize
@@ -73,6 +74,7 @@ class SearchSummary:
     dev_best_trial: int | None = None
     holdout_value: float | None = None  # best_trial's holdout fitness (None: no finalist re-check)
     n_interrupted: int = 0  # trials a dead driver left running (failed on resume, evaluated again; not in n_failed)
+    n_pruned: int = 0  # stopped early by the first pass or racing (not in n_failed)
 
     def report(self) -> str:
         """The search's last line: what completed, the best dev fitness and, when finalists were re-checked on
@@ -81,13 +83,14 @@ class SearchSummary:
         def f(v: float | None) -> str:
             return "-" if v is None else f"{v:.4f}"
 
-        line = f"{self.n_complete} completed, {self.n_failed} failed" + (
+        line = f"{self.n_complete} completed" + (f", {self.n_pruned} pruned" if self.n_pruned else "") + (
+            f", {self.n_failed} failed") + (
             f", {self.n_interrupted} interrupted (evaluated again)" if self.n_interrupted else "")
         line += f"; best dev fitness {f(self.dev_best_value)} (trial {self.dev_best_trial})"
         if self.holdout_value is not None:
             same = " (the dev leader)" if self.best_trial == self.dev_best_trial else ""
-            line += (f"; export takes trial {self.best_trial}{same}, chosen on holdout: holdout "
-                     f"{f(self.holdout_value)}, dev {f(self.best_value)}")
+            line += (f"; export takes trial {self.best_trial}{same}, "
+                     f"{which_fitness('holdout', self.best_value, self.holdout_value)}")
         if self.stopped != "done":
             line += f"; stopped: {self.stopped} (continue with evomerge resume {self.run_dir})"
         return line
@@ -257,14 +260,15 @@ def _drive(run_dir: Path, info: RunInfo, space: Space, opts: SearchOptions, *, f
 def _summary(ledger: Ledger, run_dir: Path, per_gen: tuple[float | None, ...], stopped: str) -> SearchSummary:
     import optuna
 
+    from evomerge.status import outcomes
+
     trials = ledger.trials()
-    interrupted = set(ledger.interrupted())
+    counts = outcomes(run_dir, ledger.study).counts  # as `status` counts them: interrupted and pruned apart
     ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in interrupted]
     best = ledger.best() if ok else None
     dev_best = ledger.best(by_holdout=False) if ok else None
     hold = ledger.holdout().get(best.number) if best else None
-    return SearchSummary(run_dir, len(ok), len(failed), fitness_of(best) if best else None,
+    return SearchSummary(run_dir, len(ok), counts.get("FAIL", 0), fitness_of(best) if best else None,
                          best.number if best else None, per_gen, stopped,
                          fitness_of(dev_best) if dev_best else None, dev_best.number if dev_best else None,
-                         hold["fitness"] if hold else None, len(interrupted))
+                         hold["fitness"] if hold else None, counts.get("INTERRUPTED", 0), counts.get("PRUNED", 0))

@@ -157,11 +157,14 @@ def test_the_search_report_says_which_fitness_is_which(tmp_path):
     for number, dev in enumerate((0.8190, 0.8139, 0.5)):
         ledger.start({}, {})
         ledger.finish(CandidateResult(number, worker="w"), [dev], {"fitness": dev})
+    ledger.start({}, {})  # a raced candidate pruned: neither completed nor failed
+    ledger.finish(CandidateResult(3, worker="w", pruned="racing: upper bound 0.3 under the bar 0.8"), None,
+                  {"told": [0.2]})
     ledger.set_holdout(1, 0.80, {})
     ledger.set_holdout(0, 0.75, {})
     s = _summary(ledger, tmp_path, (), "done")
     assert (s.best_trial, s.dev_best_trial, s.holdout_value) == (1, 0, 0.80)
-    assert s.report() == ("3 completed, 0 failed; best dev fitness 0.8190 (trial 0); export takes trial 1, "
+    assert s.report() == ("3 completed, 1 pruned, 0 failed; best dev fitness 0.8190 (trial 0); export takes trial 1, "
                           "chosen on holdout: holdout 0.8000, dev 0.8139")
 
 
