@@ -33,7 +33,7 @@ from report import BenchResult, markdown_table, read_json  # noqa: E402
 
 BENCHES = ("disk_merge", "resident_throughput", "scoring_overhead", "search_efficiency", "pipeline_quality",
            "overhead", "busy_fraction", "backend_agreement", "per_layer_value", "shared_context",
-           "eval_vs_lm_eval")
+           "eval_vs_lm_eval", "fitness_cost")
 GPU_BENCHES = ("gpu_acceptance",)
 TITLES = {"disk_merge": "disk merge vs mergekit-yaml", "resident_throughput": "resident merge / copy bandwidth",
           "scoring_overhead": "scoring overhead vs bare forward", "search_efficiency": "search efficiency",
@@ -41,7 +41,8 @@ TITLES = {"disk_merge": "disk merge vs mergekit-yaml", "resident_throughput": "r
           "backend_agreement": "vLLM vs HF backend agreement", "gpu_acceptance": "GPU acceptance (8B shapes)",
           "pipeline_quality": "pipelined asks vs barrier (CMA-ES)",
           "per_layer_value": "per-layer value (miniature, holdout)",
-          "shared_context": "shared-context scoring (tokens, wall)", "eval_vs_lm_eval": "evomerge eval vs lm-eval (wall)"}
+          "shared_context": "shared-context scoring (tokens, wall)", "eval_vs_lm_eval": "evomerge eval vs lm-eval (wall)",
+          "fitness_cost": "cheaper fitness at the same ranking"}
 
 
 def run_one(name: str, out: Path, quick: bool, timeout: float, bench_dir: Path = HERE) -> tuple[BenchResult, float]:

@@ -47,3 +47,22 @@ def test_busy_fraction_quick(tmp_path):
         # every candidate of 2 generations of 4 was evaluated by the two workers and no trial failed
         assert run["failed"] == 0 and run["workers_seen"] == 2 and 0 < run["busy_fraction"] <= 1
         assert run["complete"] == run["candidates"] == 8
+
+
+def test_fitness_cost_prints_one_row_per_mode(tmp_path):
+    """bench/fitness_cost.py at toy sizes (4 candidates, 8 Belebele-shaped items): `--json` alone prints the mode
+    rows the issue names; shared context must rank exactly as the full pass and compute fewer tokens."""
+    import json
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "fitness_cost.py"), "--workloads", "belebele",
+                        "--candidates", "4", "--items", "8", "--root", str(tmp_path), "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = {row["mode"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {"full", "shared", "racing", "reduced"}
+    for row in rows.values():
+        assert {"mode", "tokens_ratio", "kendall_tau", "same_export"} <= set(row) and row["candidates"] == 4
+    assert rows["full"]["tokens_ratio"] == 1.0
+    assert rows["shared"]["kendall_tau"] == 1.0 and rows["shared"]["same_export"]
+    assert rows["shared"]["tokens_ratio"] > 1.5 and rows["reduced"]["tokens_ratio"] > rows["shared"]["tokens_ratio"]
