@@ -83,8 +83,9 @@ def space(miniature, tmp_path_factory) -> Path:
 def _check_ledger(run: Path, before: dict[int, tuple]) -> dict[int, tuple]:
     """The ledger's invariants after a kill; returns the completed trials' fingerprints for the next check.
 
-    - a completed trial never changes (state, values, params, user attributes) and is never lost;
-    - each (generation, index) has at most one completed trial;
+    - a finished trial (completed, or pruned by racing) never changes (state, values, params, user attributes) and
+      is never lost;
+    - each (generation, index) has at most one finished trial;
     - a trial's params are its genome decoded (what export rebuilds the model from is what was scored);
     - the only failed trials are the ones a dead driver left running (listed as `interrupted`).
     """
@@ -94,12 +95,16 @@ def _check_ledger(run: Path, before: dict[int, tuple]) -> dict[int, tuple]:
         return {}
     info = read_run(run)
     genome = Genome(tuple(info.space().expand(info.n_layers)))
-    done = {t.number: (t.values, t.params, json.dumps(t.user_attrs, sort_keys=True)) for t in trials
-            if t.state == optuna.trial.TrialState.COMPLETE}
+    done = {t.number: (t.state.name, t.values, t.params, json.dumps(t.user_attrs, sort_keys=True)) for t in trials
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     for number, print_ in before.items():
-        assert done.get(number) == print_, f"completed trial {number} was lost or changed"
-    keys = [(json.loads(a)["generation"], json.loads(a)["index"]) for _, _, a in done.values()]
-    assert len(keys) == len(set(keys)), f"a (generation, index) was completed twice: {sorted(keys)}"
+        assert done.get(number) == print_, f"finished trial {number} was lost or changed"
+    keys = [(json.loads(a)["generation"], json.loads(a)["index"]) for *_, a in done.values()]
+    assert len(keys) == len(set(keys)), f"a (generation, index) was finished twice: {sorted(keys)}"
+    for state, _, _, a in done.values():  # a pruned trial keeps its batches and what the optimizer was told
+        attrs = json.loads(a)
+        if state == "PRUNED":
+            assert attrs["pruned_reason"].startswith("racing:") and attrs["racing"] and attrs["told"]
     for t in trials:
         if "genome" in t.user_attrs and t.params:
             decoded = genome.decode(t.user_attrs["genome"])
@@ -111,7 +116,15 @@ def _check_ledger(run: Path, before: dict[int, tuple]) -> dict[int, tuple]:
 
 def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(space, tmp_path):
     """Five SIGKILLs of `search`/`resume` at seeded random points (during start-up, between and inside candidates),
-    each followed by `resume`; after every kill and at the end no completed trial is lost, changed or repeated."""
+    each followed by `resume`; after every kill and at the end no finished trial is lost, changed or repeated. The
+    candidates race (`search.racing`, 2 batches): a kill can land between batches, and a pruned trial's bound and
+    told estimate must survive like a completed trial's values."""
+    import yaml
+
+    doc = yaml.safe_load(space.read_text())
+    doc["search"]["racing"] = {"batches": 2, "confidence": 0.5, "keep": 1}
+    space = tmp_path / "raced.yaml"
+    space.write_text(yaml.safe_dump(doc))
     rng = random.Random(9)
     run = tmp_path / "runs" / "chain"
     seen: dict[int, tuple] = {}
@@ -124,10 +137,10 @@ def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(space, tm
                         ["resume", str(run), "--generations", str(gens)]), *DRIVE)
         if fresh:  # a kill before the study exists is test_kill_before_the_study_exists_then_resume's case
             _wait(run, proc, lambda ts: True)
-        n_done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in _trials(run)[1])
+        n_done = sum(_finished(t) for t in _trials(run)[1])
         more = rng.choice([0, 0, 1, 2])  # 0: kill during start-up (Ray, the workers loading), else after candidates
         if more:
-            _wait(run, proc, lambda ts: sum(t.state == optuna.trial.TrialState.COMPLETE for t in ts) >= n_done + more)
+            _wait(run, proc, lambda ts: sum(_finished(t) for t in ts) >= n_done + more)
         time.sleep(rng.uniform(0.0, 2.5 if more == 0 else 0.6))
         if proc.poll() is not None:  # the run ended before this kill (a fast machine): extend it and go on
             assert proc.returncode == 0, proc.stderr.read()
@@ -145,10 +158,14 @@ def test_kill_9_at_random_points_then_resume_loses_and_repeats_nothing(space, tm
     assert r.returncode == 0, r.stderr
     done = _check_ledger(run, seen)
     study, trials = _trials(run)
-    keys = sorted((json.loads(a)["generation"], json.loads(a)["index"]) for _, _, a in done.values())
-    assert keys == [(g, i) for g in range(gens) for i in range(POP)]  # every candidate completed exactly once
+    keys = sorted((json.loads(a)["generation"], json.loads(a)["index"]) for *_, a in done.values())
+    assert keys == [(g, i) for g in range(gens) for i in range(POP)]  # every candidate finished exactly once
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert any(k.startswith("holdout:") for k in study.user_attrs)  # the finalists' re-check ran at the end
+
+
+def _finished(t) -> bool:
+    return t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def test_kill_before_the_study_exists_then_resume(space, tmp_path):
