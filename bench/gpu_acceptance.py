@@ -381,6 +381,29 @@ def compare(a: list[float], b: list[float], offsets: list[int]) -> tuple[float, 
     return diff, same, len(offsets) - 1
 
 
+def racing_rows(ev, recipe: dict, full) -> list[Row]:
+    """Issue 16's racing in the worker (`Candidate.race`): the last candidate raced with no bar must score as its
+    full pass; against an unreachable bar it must stop after the first of 4 batches."""
+    from evomerge.racing import Race
+    from evomerge.worker import Candidate
+
+    if ev.spec is None or not ev.spec.objectives:
+        return [Row("racing: a race run to the end = the full pass", math.nan, "",
+                    note=NOT_MEASURED + "the worker spec has no objectives")]
+    raced = ev.evaluate(Candidate(10_000, recipe, race=Race(4, 0.95)))
+    stopped = ev.evaluate(Candidate(10_001, recipe, race=Race(4, 0.95, beat=((1e9,),))))
+    diff = max((abs(raced.scores[n].values[m] - v) for n, s in full.scores.items() for m, v in s.values.items()),
+               default=math.inf) if raced.ok else math.inf
+    # the batches run other kernel shapes: on CPU the scores are the same; on a GPU bf16 rounding moves them a little
+    tol = 1e-6 if ev.backend.device.type == "cpu" else 5e-3
+    ok = raced.ok and raced.pruned is None and diff <= tol
+    early = stopped.ok and bool(stopped.pruned) and len(stopped.race) == 1
+    return [Row("racing: a race run to the end vs the full pass, max |score difference|", diff, "", f"<= {tol:g}", ok,
+                note=f"{len(raced.race)} batches, {raced.score_seconds:.3f} s vs {full.score_seconds:.3f} s"),
+            Row("racing: against an unreachable bar, stopped after the first batch", float(early), "", "= 1", early,
+                note=f"{stopped.score_seconds:.3f} s; {(stopped.pruned or stopped.error or '')[:80]}")]
+
+
 def run_hf(args, ctx: dict) -> tuple[list[Row], dict]:
     """`--backend hf`: the worker's Evaluator driven here, no Ray: 12 candidates, then bf16 vs fp32."""
     import torch
@@ -388,8 +411,12 @@ def run_hf(args, ctx: dict) -> tuple[list[Row], dict]:
     from evomerge.worker import Candidate, EvaluatorSpec
 
     plan, plan_src = worker_plan("hf", ctx["space"], ctx["n_layers"], args.device)
+    from evomerge.evalsets import load_evalset
+    from evomerge.fitness import Objective, Term
+
+    card = load_evalset(ctx["evalset"]).card  # the set's own objective: what racing bounds
     spec = EvaluatorSpec(ctx["recipes"][0], (str(ctx["evalset"]),), "dev", args.items, 0, threads=args.threads,
-                         backend="hf", memory=plan)
+                         backend="hf", memory=plan, objectives=(Objective(card.name, (Term(card.name, card.metric),)),))
     cuda = args.device != "cpu"
     host = HostPeak()
     if cuda:
@@ -418,6 +445,7 @@ def run_hf(args, ctx: dict) -> tuple[list[Row], dict]:
     else:
         peak = host.peak_bytes()
         how_mem = "peak RSS rise of this process (VmHWM)"
+    race_rows = racing_rows(ev, ctx["recipes"][-1], results[-1])  # issue 16's racing, on the same weights
     ref = hf_reference(ev, None, args.agree_items)  # the last candidate's weights
     diff, same, n = compare(ref["low"], ref["fp32"], ref["offsets"])
     on = ev.backend.device.type == torch.device(args.device).type
@@ -438,6 +466,7 @@ def run_hf(args, ctx: dict) -> tuple[list[Row], dict]:
                         "|log-prob difference|", gap, "nats", f"<= {SHARED_ABS:g} + {SHARED_REL:g} x |ll|, or <= "
                         "the floor", ok, note=f"last candidate, {len(ref['fp32'])} requests; largest relative "
                         f"{max(abs(x - y) / max(abs(y), 1e-30) for x, y in zip(ref['fp32'], plain)):.2g}"))
+    rows += race_rows
     rows.append(Row(f"HF worker on the requested device ({args.device})", float(on), "", "= 1", on, note=how))
     details = {"plan": plan_dict(plan), "plan_source": plan_src, "plan_items": plan_items(plan),
                "start_seconds": start_s, "start_how": how, "candidates": [_result_dict(r) for r in results],
