@@ -92,15 +92,18 @@ def test_same_seed_same_candidates():
     assert run(7) != run(8)
 
 
-def test_a_raced_search_through_ray_records_each_batch(miniature, tmp_path):
-    """`search.racing` through the real pool: the Race reaches the workers, each trial keeps its batches' running
-    values (Optuna intermediate values, as the dashboard plots them), a pruned one names its bound, the finalists
-    are re-checked on holdout in full. (Which candidates a bound prunes is pinned by tests/test_racing.py.)"""
+def test_a_raced_coarse_to_fine_search_through_ray(miniature, tmp_path):
+    """`search.racing` and `search.coarse_to_fine` through the real pool: both stages in one study (the uniform
+    generation first), the Race reaches the workers, each trial keeps its batches' running values (Optuna
+    intermediate values, as the dashboard plots them), a pruned one names its bound, the finalists are re-checked
+    on holdout in full. (Which candidates a bound prunes is pinned by tests/test_racing.py; the stages' ledger and
+    resume by tests/test_coarse_to_fine.py.)"""
     import yaml
 
     space = write_space(tmp_path / "space.yaml", miniature, popsize=4, generations=2, max_items=8)
     data = yaml.safe_load(space.read_text())
-    data["search"].update(racing={"batches": 2, "confidence": 0.5, "keep": 1}, finalists=1, recheck_every=1)
+    data["search"].update(racing={"batches": 2, "confidence": 0.5, "keep": 1}, finalists=1, recheck_every=1,
+                          coarse_to_fine=True)
     space.write_text(yaml.safe_dump(data))
     runs = tmp_path / "runs"
     r = _cli("search", str(space), "--name", "race", "--runs-dir", str(runs), "--workers", "1", "--no-progress")
@@ -108,6 +111,8 @@ def test_a_raced_search_through_ray_records_each_batch(miniature, tmp_path):
     study = optuna.load_study(study_name="race", storage=f"sqlite:///{runs / 'race' / 'study.db'}")
     trials = study.get_trials()
     assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
+    stages = [(t.user_attrs["generation"], t.user_attrs["stage"]) for t in trials]
+    assert sorted(set(stages)) == [(0, "uniform"), (1, "per_layer")], stages
     for t in trials:
         if "duplicate_of" in t.user_attrs:
             continue
