@@ -290,7 +290,8 @@ def score_batches(backend: HFBackend, prepared: Sequence[PreparedSet],
             outputs[k] += out
             done[k] = ends[k][b]
         scored = [_scored(part(p, 0, d), o) for p, d, o in zip(prepared, done, outputs)]
-        yield sum(done), {p.name: s[0] for p, s in zip(prepared, scored)}, {p.name: s[1] for p, s in zip(prepared, scored)}
+        names = [p.name for p in prepared]
+        yield sum(done), {n: s[0] for n, s in zip(names, scored)}, {n: s[1] for n, s in zip(names, scored)}
 
 
 def score(backend: HFBackend, prepared: Sequence[PreparedSet],

@@ -385,9 +385,8 @@ class Scheduler:
         if fp_frac is not None:  # no bar before a first pass has been seen; a fraction needs a positive best
             prune_below = fp_frac * self.fp_best if self.fp_best is not None and self.fp_best > 0 else float("-inf")
         rs = self.space.search.racing
-        race = None if rs is None else racing.Race(
-            rs.batches, rs.confidence, racing.bar(self.told_points, rs.keep_for(self.space.search.finalists), self.multi),
-            self.multi)
+        race = None if rs is None else racing.Race(rs.batches, rs.confidence, racing.bar(
+            self.told_points, rs.keep_for(self.space.search.finalists), self.multi), self.multi)
         return Candidate(number, self.space.recipe(item.values, n_layers).to_mergekit(), prune_below=prune_below,
                          race=race)
 
