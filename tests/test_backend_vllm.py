@@ -71,18 +71,23 @@ def _prefix_session(backend, requests) -> dict:
 
 def _engine_session(args: dict) -> dict:
     """Child process: one vLLM worker (Evaluator with backend "vllm"), two candidates swapped in place."""
+    from evomerge.evalsets import load_evalset
+    from evomerge.fitness import Objective, Term
     from evomerge.memplan import model_size, plan_memory, resident_copies
+    from evomerge.racing import Race
     from evomerge.recipe import Recipe
     from evomerge.tensors import ModelFiles
     from evomerge.worker import Candidate, Evaluator, EvaluatorSpec
 
     a, b = Recipe.from_mergekit(args["a"]), Recipe.from_mergekit(args["b"])
+    cards = [load_evalset(s).card for s in args["sets"]]  # one objective per set: what racing bounds
     size = model_size(ModelFiles.open(a.inputs[0].model).config, a.dtype)
     plan = plan_memory("vllm", size, resident_copies(a.merge_method, 2, a.dtype), device="cpu", device_bytes=0,
                        host_bytes=8 << 30, max_model_len=256, kv_cache_bytes=64 << 20)
     t0 = time.perf_counter()
     ev = Evaluator.start(EvaluatorSpec(args["a"], tuple(args["sets"]), "dev", MAX_ITEMS, 0, backend="vllm",
-                                       memory=plan))
+                                       memory=plan, objectives=tuple(Objective(c.name, (Term(c.name, c.metric),))
+                                                                     for c in cards)))
     out: dict = {"start_seconds": time.perf_counter() - t0, "backend": type(ev.backend).__name__}
     requests = [r for p in ev.prepared for r in p.requests]
     out["requests"] = [[list(r.context), list(r.continuation)] for r in requests]
@@ -97,6 +102,9 @@ def _engine_session(args: dict) -> dict:
                     "generated": ev.backend.generate(prompts, GEN_TOKENS, GEN_STOP)}
         if key == "a":
             out["prefix"] = _prefix_session(ev.backend, _prefix_requests(ev.prepared))
+            raced = ev.evaluate(Candidate(2, recipe, race=Race(3, 0.95)))  # racing (issue 16), no bar: all batches
+            out["a_raced"] = {"scores": {k: v.as_dict() for k, v in raced.scores.items()}, "pruned": raced.pruned,
+                              "steps": [s["items"] for s in raced.race], "error": raced.error}
     swaps = []
     for recipe in (a, b, a, b):
         t = time.perf_counter()
@@ -354,3 +362,13 @@ if __name__ == "__main__":
     ARGS = json.loads(sys.argv[1])
     SESSION = _bf16_session if ARGS.get("mode") == "bf16" else _engine_session
     Path(sys.argv[2]).write_text(json.dumps(SESSION(ARGS)))
+
+
+def test_a_race_in_the_engine_scores_as_its_full_pass(engine_run):
+    """Racing's batches (issue 16) through the vLLM engine: candidate A raced in 3 batches with no bar to prune
+    against gives the scores of its full pass."""
+    _, run = engine_run
+    raced = run["a_raced"]
+    assert raced["error"] is None and raced["pruned"] is None and len(raced["steps"]) == 3
+    for name, scores in run["a"]["scores"].items():
+        assert raced["scores"][name] == pytest.approx(scores, abs=1e-5)
