@@ -243,9 +243,9 @@ def _at(values: Sequence[str], k: int) -> str | None:
 
 
 # each prepared kind's fields that hold one entry per item (`part` cuts them; requests go by `offsets`)
-_PER_ITEM = {"ChoiceSet": ("golds", "choices", "item_ids", "contexts", "weights"),
-             "TextSet": ("texts", "item_ids", "weights"),
-             "GenerationSet": ("prompts", "constraints", "languages", "item_ids", "contexts", "weights")}
+_PER_ITEM = {ChoiceSet: ("golds", "choices", "item_ids", "contexts", "weights"),
+             TextSet: ("texts", "item_ids", "weights"),
+             GenerationSet: ("prompts", "constraints", "languages", "item_ids", "contexts", "weights")}
 
 
 def n_items(p: PreparedSet) -> int:
@@ -260,7 +260,7 @@ def part(p: PreparedSet, lo: int, hi: int) -> PreparedSet:
 
 def take(p: PreparedSet, indices: Sequence[int]) -> PreparedSet:
     """The items at `indices` (in that order) of a prepared set, as a prepared set of their own."""
-    cut = {f: tuple(getattr(p, f)[i] for i in indices) if getattr(p, f) else () for f in _PER_ITEM[type(p).__name__]}
+    cut = {f: tuple(getattr(p, f)[i] for i in indices) if getattr(p, f) else () for f in _PER_ITEM[type(p)]}
     if isinstance(p, GenerationSet):
         return replace(p, **cut)
     requests, offsets = [], [0]
@@ -281,15 +281,16 @@ def score_batches(backend: HFBackend, prepared: Sequence[PreparedSet],
     ends = [batch_ends(n_items(p), batches) for p in prepared]
     outputs: list[list] = [[] for _ in prepared]
     done = [0] * len(prepared)
+    scored: list = [None] * len(prepared)  # each set's (scores, per-item values) so far
     for b in range(batches):
         todo = [k for k, p in enumerate(prepared) if ends[k][b] > done[k]]
         if not todo:
             continue
         fresh = _all_outputs(backend, [part(prepared[k], done[k], ends[k][b]) for k in todo])
-        for k, out in zip(todo, fresh):
+        for k, out in zip(todo, fresh):  # only the sets this batch added to are scored again
             outputs[k] += out
             done[k] = ends[k][b]
-        scored = [_scored(part(p, 0, d), o) for p, d, o in zip(prepared, done, outputs)]
+            scored[k] = _scored(part(prepared[k], 0, done[k]), outputs[k])[:2]
         names = [p.name for p in prepared]
         yield sum(done), {n: s[0] for n, s in zip(names, scored)}, {n: s[1] for n, s in zip(names, scored)}
 
