@@ -152,8 +152,8 @@ def test_follow_up_commands_name_the_running_evomerge(tmp_path: Path, monkeypatc
 @pytest.fixture(scope="module")
 def tradeoff_models():
     """The quickstart's own models (scale 1.0), from the build cache the quickstart uses (`runs/tiny`): built once
-    (a few minutes on two cores), then reused. Smaller scales do not show the trade-off: at scale 0.5 the base
-    has not learned the facts, and the instruct model answers 17% of the A questions (94% at scale 1.0)."""
+    (a few minutes on two cores), then reused. Smaller scales do not show the trade-off: with 800 of the base's
+    1000 steps no merge of the grid answered a B question (B answers <= 1%, 39% at the full length)."""
     from evomerge.miniature.build import build_miniature
     from evomerge.space import load_space
 
@@ -176,8 +176,8 @@ def _space_over(models, path: Path) -> Path:
 def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_models, tmp_path, capsys) -> None:
     space = _space_over(tradeoff_models, tmp_path / "space.yaml")
     runs = tmp_path / "runs"
-    # the quickstart's own budget (48 evaluations per search): with the current models (BUILD_FORMAT 2) a run of
-    # 3 generations of 6 found a front below the grid's hypervolume (0.005 against 0.007)
+    # the quickstart's own budget (48 evaluations per search): with the 48-country world's models (BUILD_FORMAT 2)
+    # a run of 3 generations of 6 found a front below the grid's hypervolume (0.005 against 0.007)
     result = run_quickstart(runs, seed=0, workers=2, space_path=space, export_model=False, plots=False)
     out = capsys.readouterr().out
     assert json.loads((runs / "quickstart" / TRADEOFF_FILE).read_text()) == result
@@ -190,9 +190,9 @@ def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_mode
     inst = [g["xa_instructions"] for g in grid]
     assert fid == sorted(fid) and fid[-1] > fid[0] + 0.3, fid
     assert inst == sorted(inst, reverse=True) and inst[0] > inst[-1] + 0.3, inst
-    # the sources sit at the ends: instruct answers in A, lang-xb in B (since the instruct fine-tune is no longer
-    # scaled down, BUILD_FORMAT 2, the instruct model also answers 62% of the B questions mostly in B words, so
-    # only the order is checked on that axis)
+    # the sources sit at the ends: instruct answers in A, lang-xb in B (the instruct model still answers some B
+    # questions mostly in B words, 12% on the 120-country world and 62% on the 48-country one, so only the order is
+    # checked on that axis)
     assert by_label["instruct"]["xa_instructions"] > 0.5 > by_label["lang-xb"]["xa_instructions"]
     assert by_label["lang-xb"]["xb_fidelity"] > 0.5 and by_label["lang-xb"]["xb_fidelity"] > by_label["instruct"]["xb_fidelity"]
     # the searched front (not seeded with the grid) beats the grid on holdout
@@ -206,8 +206,8 @@ def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_mode
     assert uniform and all(p["label"].startswith("uniform w_xb=") for p in uniform)
     assert (runs / "quickstart_uniform" / "study.db").is_file() and hv["uniform"] is not None
     # every comparison carries a paired interval around its estimate, on all the holdout items
-    assert result["holdout_items"] == {"mini_xa_instruct.prompt_acc": 48, "mini_xb_fidelity.prompt_acc": 48,
-                                       "mini_xb_answers.prompt_acc": 48}
+    assert result["holdout_items"] == {"mini_xa_instruct.prompt_acc": 300, "mini_xb_fidelity.prompt_acc": 300,
+                                       "mini_xb_answers.prompt_acc": 300}
     intervals = [hv[k] for k in hv if "interval" in k]
     intervals += [c["mean_objective_interval"] for c in result["comparisons"]]
     intervals += [iv for c in result["comparisons"] for iv in c["objective_intervals"].values()]

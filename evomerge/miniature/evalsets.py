@@ -22,13 +22,21 @@ Only "eval" countries of the world are used (the instruct model was fine-tuned o
 holdout never share a country, in any set: the countries are shuffled once per seed, the first `n_dev / 3` are
 dev, and the holdout countries follow.
 
-Why the holdout has 48 questions per set and not the few hundred that would tell merges apart (stats.py gives the
-intervals): the world holds 24 eval countries with 3 facts each, 72 questions; dev keeps 24 of them (8 countries)
-and holdout takes the other 48. More holdout questions need more countries the models know. Measured 2026-11-30
-(two loaded cores): a 132-country world (108 eval countries, room for 300 holdout questions) built at the current
-training steps left the facts unlearned (the instruct model answered 36% of the A questions instead of ~96%), and
-at twice the steps (539 s to build instead of 322 s) the trade-off was gone (every grid point at B fidelity ~1.0,
-B answers <= 0.03). A larger holdout is a redesign of the miniature (world size and training), not of these sets.
+Why the world has 120 countries: a holdout that tells merges apart needs a few hundred questions the models can
+answer (stats.py gives the intervals: at 48 items the standard error of a proportion is ~0.07, at 300 ~0.03), and a
+question is one fact of one country. The world holds 108 eval countries with 3 facts each: dev keeps 24 questions
+(8 countries) and the holdout takes 300 (100 countries); 12 train countries give the instruct fine-tune 36 examples.
+Measured 2026-11-30 on two cores, sources and grid (w = 0.25 ... 2) on these 300 holdout questions per set:
+
+- 132 countries (24 train) at the 48-country world's 600 base steps: the facts were not learned (instruct 36% of
+  the A questions; 30% at lr 6e-3); at 1200 steps they were (99.7%), but with B at 5% of pre-training the base and
+  the instruct model answered B questions in B (fidelity 0.99-1.0 everywhere): no trade-off on that axis;
+- 120 countries, B at 2.5%, 1000 base steps (the build now): instruct 0.99 A / 0.12 B fidelity, lang-xb 0.00 /
+  1.00, and the grid runs from A 0.95 / fidelity 0.57 (w = 0.5) to 0.26 / 0.97 (w = 1), B answers peaking at 0.39
+  (w = 1; sources <= 0.09); at 800 base steps A was still learned but B answers stayed <= 0.01 at every w.
+
+The 48-country world this replaced (24 eval countries, 48 holdout questions) had the same shape with B answers
+peaking at 0.21.
 """
 
 from __future__ import annotations
@@ -115,7 +123,7 @@ def _items(world: World, rng: random.Random, n_dev: int, n_holdout: int) -> list
     return items
 
 
-def write_eval_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 40) -> list[Path]:
+def write_eval_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 300) -> list[Path]:
     """Write the multiple-choice sets `mini_xb_facts` and `mini_xa_chat` under `root`; return their directories.
 
     The output is a pure function of the arguments (files are overwritten byte for byte), so committed sets
@@ -192,7 +200,7 @@ def _constraints(name: str, country: Country, fact: Fact) -> list[dict[str, obje
     return [{"type": "include_keywords", "words": [DICTIONARY.get(value, value)]}, in_b]
 
 
-def write_tradeoff_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 48) -> list[Path]:
+def write_tradeoff_sets(root: Path, *, seed: int = 0, n_dev: int = 24, n_holdout: int = 300) -> list[Path]:
     """Write the four `TRADEOFF_SETS` under `root` and return their directories (a pure function of the
     arguments, like `write_eval_sets`)."""
     from evomerge.miniature.world import paragraph
