@@ -255,3 +255,30 @@ def test_committed_eval_sets_match_the_generator(tmp_path: Path) -> None:
 def test_too_many_items_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="countries"):
         write_eval_sets(tmp_path, n_dev=24, n_holdout=310)
+
+
+def test_two_process_pretraining_gives_the_weights_of_one_process() -> None:
+    """parallel.py: two ranks (gloo on the loopback interface) and one process computing both slices in turn take
+    the same steps bit for bit, so a build's weights do not depend on the machine's core count."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evomerge.miniature.build import MODEL_SHAPE
+    from evomerge.miniature.parallel import pretrain
+    from evomerge.miniature.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, **MODEL_SHAPE)).to(torch.float32)
+    blocks = torch.randint(0, 50, (24, 16), generator=torch.Generator().manual_seed(1))
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1)
+    one, two = copy.deepcopy(model), copy.deepcopy(model)
+    losses_one = pretrain(one, blocks, config, processes=1)
+    losses_two = pretrain(two, blocks, config, processes=2)
+    assert losses_one == losses_two and len(losses_one) == 4
+    moved = False
+    for (name, a), b, start in zip(one.state_dict().items(), two.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+        moved |= not torch.equal(a, start)
+    assert moved

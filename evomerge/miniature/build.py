@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BUILD_FILE = "BUILD.json"
-BUILD_FORMAT = 3  # 2: the instruct fine-tune is no longer scaled down (see _build_into); 3: the 120-country world
+BUILD_FORMAT = 3  # 2: the instruct fine-tune is no longer scaled down (see _build_into); 3: the 120-country world,
+# pre-trained in two slices per batch (parallel.py)
 
 # Architecture: head_dim = 128 / 2 = 64, the smallest vLLM's CPU attention kernels accept.
 MODEL_SHAPE: dict[str, Any] = dict(
@@ -186,7 +187,7 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from evomerge.miniature import train, world as w
+    from evomerge.miniature import parallel, train, world as w
     from evomerge.miniature.tokenizer import END, build_tokenizer
 
     world = make_world(seed)
@@ -223,7 +224,8 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
         base = LlamaForCausalLM(config).to(torch.float32)
     base_cfg = _steps(BASE_TRAIN, scale)
     blocks = pretraining_blocks(w.pretraining_docs(world, rng("base"), n_docs(base_cfg)))
-    losses["base"] = _tail(train.train_causal_lm(base, blocks, None, base_cfg))
+    processes = {"base": parallel.default_processes(base_cfg)}  # the weights are the same either way (parallel.py)
+    losses["base"] = _tail(parallel.pretrain(base, blocks, base_cfg, processes=processes["base"]))
     _save(base, tokenizer, root / "base")
     seconds["base"] = time.perf_counter() - start
 
@@ -232,7 +234,8 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
     lang = copy.deepcopy(base)
     lang_cfg = _steps(LANGUAGE_TRAIN, scale)
     blocks = pretraining_blocks(w.language_docs(world, rng("lang-xb"), n_docs(lang_cfg), "xb"))
-    losses["lang-xb"] = _tail(train.train_causal_lm(lang, blocks, None, lang_cfg))
+    processes["lang-xb"] = parallel.default_processes(lang_cfg)
+    losses["lang-xb"] = _tail(parallel.pretrain(lang, blocks, lang_cfg, processes=processes["lang-xb"]))
     _save(lang, tokenizer, root / "lang-xb")
     seconds["lang-xb"] = time.perf_counter() - start
     del lang
@@ -268,6 +271,7 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
         "final_loss": losses,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "torch_threads": torch.get_num_threads(),
+        "pretraining_processes": processes,
     }
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
+
+# What a data-parallel run does with each step's flat gradient (its loss appended): sum it over the ranks in place.
+AllReduce = Callable[["torch.Tensor"], None]
 
 IGNORE_INDEX = -100  # label value the Hugging Face causal-LM loss skips
 
@@ -75,11 +78,19 @@ def pad_examples(
 
 
 def train_causal_lm(
-    model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig
+    model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig, *,
+    shards: int = 1, rank: int | None = None, all_reduce: AllReduce | None = None,
 ) -> list[float]:
     """Train `model` in place on rows of `input_ids` [n, T] (labels [n, T], or the inputs when None).
 
     Batches are drawn epoch by epoch from seeded permutations of the rows. Returns the loss of every step.
+
+    With `shards` > 1 each batch is cut into that many slices (rows `s::shards`) whose gradients are computed apart
+    and averaged: data parallelism. One process computes every slice in turn (`rank` None), or a process of a
+    data-parallel run computes only slice `rank` and `all_reduce` sums the flat gradients of all ranks. The two give
+    the same weights bit for bit: each slice's gradient is the same computation, and a float sum of two values does
+    not depend on their order (parallel.py checks it for two ranks). Every row must carry the same number of labels
+    (packed pre-training blocks do) for the average of the slices' mean losses to be the batch's mean loss.
     """
     import torch
 
@@ -106,11 +117,46 @@ def train_causal_lm(
         batch, order = order[: config.batch_size], order[config.batch_size :]
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        loss = model(input_ids=input_ids[batch], labels=labels[batch]).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if shards == 1:
+            loss = model(input_ids=input_ids[batch], labels=labels[batch]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = loss.item()
+        else:
+            loss_value = _sharded_step(model, input_ids, labels, batch, shards, rank, all_reduce)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss_value)
     model.eval()
     return losses
+
+
+def _slice_gradient(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor,
+                    rows: torch.Tensor) -> torch.Tensor:
+    """The flat gradient of the mean loss over `rows`, with that loss appended: [n_params + 1]."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=input_ids[rows], labels=labels[rows]).loss
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()] + [loss.detach().reshape(1)])
+
+
+def _sharded_step(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor,
+                  shards: int, rank: int | None, all_reduce: AllReduce | None) -> float:
+    """Set every parameter's gradient to the mean of the slices' gradients; return the mean of their losses."""
+    if rank is None:  # every slice here, summed in rank order
+        flat = _slice_gradient(model, input_ids, labels, batch[0::shards])
+        for s in range(1, shards):
+            flat += _slice_gradient(model, input_ids, labels, batch[s::shards])
+    else:
+        if all_reduce is None:
+            raise ValueError("a rank of a data-parallel run needs all_reduce")
+        flat = _slice_gradient(model, input_ids, labels, batch[rank::shards])
+        all_reduce(flat)
+    flat /= shards
+    offset = 0
+    for p in model.parameters():
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return flat[-1].item()
