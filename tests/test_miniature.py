@@ -259,10 +259,15 @@ def test_too_many_items_is_an_error(tmp_path: Path) -> None:
 
 def test_two_process_pretraining_gives_the_weights_of_one_process() -> None:
     """parallel.py: two ranks (gloo on the loopback interface) and one process computing both slices in turn take
-    the same steps bit for bit, so a build's weights do not depend on the machine's core count."""
+    the same steps bit for bit, so a build's weights do not depend on the machine's core count; the ranks listen on
+    the loopback interface only."""
     import copy
+    import os
+    import threading
+    import time
 
     import torch
+    from listeners import is_loopback, listeners, process_tree
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from evomerge.miniature.build import MODEL_SHAPE
@@ -275,7 +280,22 @@ def test_two_process_pretraining_gives_the_weights_of_one_process() -> None:
     config = TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1)
     one, two = copy.deepcopy(model), copy.deepcopy(model)
     losses_one = pretrain(one, blocks, config, processes=1)
-    losses_two = pretrain(two, blocks, config, processes=2)
+    seen: set[tuple[str, str]] = set()
+    done = threading.Event()
+
+    def sample() -> None:  # every listener the ranks open, sampled while they run
+        while not done.is_set():
+            seen.update(listeners(process_tree(os.getpid()) - {os.getpid()}))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        losses_two = pretrain(two, blocks, config, processes=2)
+    finally:
+        done.set()
+        sampler.join()
+    assert seen and all(is_loopback(addr) for _, addr in seen), sorted(seen)
     assert losses_one == losses_two and len(losses_one) == 4
     moved = False
     for (name, a), b, start in zip(one.state_dict().items(), two.state_dict().values(), model.state_dict().values()):

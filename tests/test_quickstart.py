@@ -152,8 +152,8 @@ def test_follow_up_commands_name_the_running_evomerge(tmp_path: Path, monkeypatc
 @pytest.fixture(scope="module")
 def tradeoff_models():
     """The quickstart's own models (scale 1.0), from the build cache the quickstart uses (`runs/tiny`): built once
-    (a few minutes on two cores), then reused. Smaller scales do not show the trade-off: with 800 of the base's
-    1000 steps no merge of the grid answered a B question (B answers <= 1%, 39% at the full length)."""
+    (a few minutes on two cores), then reused. Not a smaller scale: the base needs its 1000 steps to learn the
+    120-country world's facts (600 left them unlearned in a 132-country world; evomerge/miniature/evalsets.py)."""
     from evomerge.miniature.build import build_miniature
     from evomerge.space import load_space
 
