@@ -3,9 +3,12 @@
 The 120-country world needs 1000 base steps, most of a fresh quickstart's time on one core. Its pre-training is
 therefore cut into `SHARDS` slices per batch (train.py `train_causal_lm(shards=...)`), and the slices are computed
 by that many processes at once when the machine has the cores for them: each rank computes its slice's gradient,
-one all-reduce per step (torch.distributed, gloo, over the loopback interface) sums them, and every rank takes the
+one all-reduce per step sums them (torch.distributed's gloo, on the loopback interface), and every rank takes the
 same optimizer step. With fewer cores one process computes the slices in turn. Both give the same weights bit for
 bit (train.py says why; `tests/test_miniature.py` checks it), so a build does not depend on the machine's size.
+Measured on two cores: 1000 base steps in 141 s against ~173-207 s in one process (a half batch costs a little
+more than half a batch, and the all-reduce of the 2.8 MB gradient ~10 ms a step; summing it through shared memory
+instead saved ~5 ms a step, not worth its code).
 
 Each rank is a fresh `python -m evomerge.miniature.parallel` process that reads its inputs from a private
 temporary directory (the model's weights and the blocks as safetensors, the config as JSON) and rank 0 writes the
