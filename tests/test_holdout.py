@@ -67,8 +67,8 @@ def test_the_quickstart_and_the_finalist_recheck_score_holdout_alike(world):
     assert quick.fitness == pytest.approx(finalist.fitness, abs=1e-9)
     # the holdout split, all of it, and each item's value averages to the set's score (what the bootstrap resamples)
     for name, s in quick.scores.items():
-        assert s.n == 40 and len(point.items[f"{name}.gold_prob"]) == 40
-        assert sum(point.items[f"{name}.gold_prob"]) / 40 == pytest.approx(s.values["gold_prob"], abs=1e-9)
+        assert s.n == 300 and len(point.items[f"{name}.gold_prob"]) == 300
+        assert sum(point.items[f"{name}.gold_prob"]) / 300 == pytest.approx(s.values["gold_prob"], abs=1e-9)
     assert finalist.fitness != pytest.approx(holdout_result(  # the dev scores of the same merge differ
         worker.evaluate(Candidate(7, recipe)).scores, objs, weights, "mean").fitness, abs=1e-6)
 

@@ -149,8 +149,8 @@ def _rank(work: Path, rank: int) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.set_num_threads(1)
-    config = AutoConfig.from_pretrained(str(work / "model_config.json"))
-    model = AutoModelForCausalLM.from_config(config).to(torch.float32)
+    config = AutoConfig.from_pretrained(str(work / "model_config.json"), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False).to(torch.float32)
     model.load_state_dict(load_file(str(work / "weights.safetensors")))
     blocks = load_file(str(work / "blocks.safetensors"))["blocks"]
     train = TrainConfig(**json.loads((work / "train_config.json").read_text()))
