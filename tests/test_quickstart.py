@@ -161,14 +161,22 @@ def tradeoff_models():
     return build_miniature(Path(space.build_miniature), seed=space.build_seed)
 
 
+HOLDOUT = 100  # the test's holdout items per set: the shipped sets' 300 cost ~2 s per scored point, 26 points
+
+
 def _space_over(models, path: Path) -> Path:
+    """The quickstart's space over `models`, with its eval sets written afresh with a holdout of HOLDOUT items (the
+    first HOLDOUT of the shipped sets' 300; dev is the shipped dev)."""
+    from evomerge.miniature.evalsets import write_tradeoff_sets
+
     space = yaml.safe_load(QUICKSTART_SPACE.read_text())
     space["models"] = [{"name": "base", "role": "base", "path": str(models.base)},
                        {"name": "instruct", "role": "instruct", "path": str(models.instruct)},
                        {"name": "xb", "role": "language", "language": "xb", "path": str(models.languages["xb"])}]
     space.pop("build")
+    sets = {d.name: d for d in write_tradeoff_sets(path.parent / "sets", seed=0, n_holdout=HOLDOUT)}
     for s in space["eval"]["sets"]:
-        s["path"] = str((QUICKSTART_SPACE.parent / s["path"]).resolve())
+        s["path"] = str(sets[Path(s["path"]).name])
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
@@ -206,8 +214,8 @@ def test_quickstart_grid_shows_the_tradeoff_and_the_front_beats_it(tradeoff_mode
     assert uniform and all(p["label"].startswith("uniform w_xb=") for p in uniform)
     assert (runs / "quickstart_uniform" / "study.db").is_file() and hv["uniform"] is not None
     # every comparison carries a paired interval around its estimate, on all the holdout items
-    assert result["holdout_items"] == {"mini_xa_instruct.prompt_acc": 300, "mini_xb_fidelity.prompt_acc": 300,
-                                       "mini_xb_answers.prompt_acc": 300}
+    assert result["holdout_items"] == {"mini_xa_instruct.prompt_acc": HOLDOUT, "mini_xb_fidelity.prompt_acc": HOLDOUT,
+                                       "mini_xb_answers.prompt_acc": HOLDOUT}
     intervals = [hv[k] for k in hv if "interval" in k]
     intervals += [c["mean_objective_interval"] for c in result["comparisons"]]
     intervals += [iv for c in result["comparisons"] for iv in c["objective_intervals"].values()]

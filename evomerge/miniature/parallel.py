@@ -2,7 +2,7 @@
 
 The 120-country world needs 1000 base steps, most of a fresh quickstart's time on one core. Its pre-training is
 therefore cut into `SHARDS` slices per batch (train.py `train_causal_lm(shards=...)`), and the slices are computed
-by that many processes at once when the machine has the cores for them: each rank computes its slice's gradient,
+by that many processes at once when the machine has the cores for them and they are free: each rank computes its slice's gradient,
 one all-reduce per step sums them (torch.distributed's gloo, on the loopback interface), and every rank takes the
 same optimizer step. With fewer cores one process computes the slices in turn. Both give the same weights bit for
 bit (train.py says why; `tests/test_miniature.py` checks it), so a build does not depend on the machine's size.
@@ -42,14 +42,41 @@ MIN_PARALLEL_STEPS = 200
 
 def default_processes(config: TrainConfig) -> int:
     """SHARDS (one rank per slice) for a run of at least MIN_PARALLEL_STEPS when this process may use that many
-    cores and torch has gloo, else 1."""
+    cores, about that many are idle right now, and torch has gloo; else 1.
+
+    On a busy machine (the test suite's two workers) the ranks would only take cores from other work and add their
+    all-reduce, so one process computes the slices there: the weights are the same.
+    """
     import torch.distributed as dist
 
     from evomerge.pool import local_cores
 
-    if config.steps < MIN_PARALLEL_STEPS or local_cores() < SHARDS:
+    if config.steps < MIN_PARALLEL_STEPS or local_cores() < SHARDS or idle_cores() < SHARDS - 0.5:
         return 1
     return SHARDS if dist.is_available() and dist.is_gloo_available() else 1
+
+
+def idle_cores(window: float = 0.3) -> float:
+    """How many of the machine's cores were idle over the next `window` seconds (Linux's /proc/stat; elsewhere the
+    core count minus the one-minute load average)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return max(0.0, cores - os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return float(cores)
+    return cores * (idle1 - idle0) / max(1, total1 - total0)
 
 
 def pretrain(model: PreTrainedModel, blocks: torch.Tensor, config: TrainConfig, *,

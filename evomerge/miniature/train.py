@@ -89,7 +89,7 @@ def train_causal_lm(
     and averaged: data parallelism. One process computes every slice in turn (`rank` None), or a process of a
     data-parallel run computes only slice `rank` and `all_reduce` sums the flat gradients of all ranks. The two give
     the same weights bit for bit: each slice's gradient is the same computation, and a float sum of two values does
-    not depend on their order (parallel.py checks it for two ranks). Every row must carry the same number of labels
+    not depend on their order (tests/test_miniature.py checks two ranks). Every row must carry the same number of labels
     (packed pre-training blocks do) for the average of the slices' mean losses to be the batch's mean loss.
     """
     import torch
