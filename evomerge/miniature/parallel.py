@@ -2,10 +2,10 @@
 
 The 120-country world needs 1000 base steps, most of a fresh quickstart's time on one core. Its pre-training is
 therefore cut into `SHARDS` slices per batch (train.py `train_causal_lm(shards=...)`), and the slices are computed
-by that many processes at once when the machine has the cores for them and they are free: each rank computes its slice's gradient,
+by that many processes at once when the machine has that many idle cores: each rank computes its slice's gradient,
 one all-reduce per step sums them (torch.distributed's gloo, on the loopback interface), and every rank takes the
-same optimizer step. With fewer cores one process computes the slices in turn. Both give the same weights bit for
-bit (train.py says why; `tests/test_miniature.py` checks it), so a build does not depend on the machine's size.
+same optimizer step. Otherwise one process computes the slices in turn. Both give the same weights bit for bit
+(train.py says why; `tests/test_miniature.py` checks it), so a build does not depend on the machine's size or load.
 Measured on two cores: 1000 base steps in 141 s against ~173-207 s in one process (a half batch costs a little
 more than half a batch, and the all-reduce of the 2.8 MB gradient ~10 ms a step; summing it through shared memory
 instead saved ~5 ms a step, not worth its code).
@@ -103,10 +103,16 @@ def pretrain(model: PreTrainedModel, blocks: torch.Tensor, config: TrainConfig, 
 # The parent's side
 
 
+def _save_weights(model: PreTrainedModel, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 def _write_inputs(work: Path, model: PreTrainedModel, blocks: torch.Tensor, config: TrainConfig) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "weights.safetensors"))
+    _save_weights(model, work / "weights.safetensors")
     save_file({"blocks": blocks.contiguous()}, str(work / "blocks.safetensors"))
     (work / "model_config.json").write_text(model.config.to_json_string())
     (work / "train_config.json").write_text(json.dumps(dataclasses.asdict(config)))
@@ -118,7 +124,7 @@ def _loopback_interface() -> str | None:
         names = [name for _, name in socket.if_nameindex()]
     except OSError:
         return None
-    return next((n for n in names if n == "lo" or n.startswith("lo")), None)
+    return next((n for n in names if n.startswith("lo")), None)
 
 
 def _run_ranks(work: Path) -> None:
@@ -172,7 +178,7 @@ def _read_outputs(work: Path, model: PreTrainedModel) -> None:
 def _rank(work: Path, rank: int) -> None:
     import torch
     import torch.distributed as dist
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.set_num_threads(1)
@@ -188,7 +194,7 @@ def _rank(work: Path, rank: int) -> None:
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "trained.safetensors"))
+        _save_weights(model, work / "trained.safetensors")
         (work / "losses.json").write_text(json.dumps(losses))
 
 

@@ -156,7 +156,7 @@ def _sharded_step(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch
         all_reduce(flat)
     flat /= shards
     offset = 0
-    for p in model.parameters():
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+    for p in model.parameters():  # views of `flat`, a fresh tensor every step: nothing copied
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
     return flat[-1].item()
