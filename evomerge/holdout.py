@@ -7,9 +7,10 @@ weights and scalarization). Two callers, one path:
 - the search's finalist re-check (scheduler.py): a worker scores the finalist's recipe on holdout
   (`Evaluator.evaluate` with split "holdout", which runs `evaluation.score`), and `holdout_result` + `record`
   store it in the ledger;
-- the quickstart (quickstart.py): `HoldoutScorer` scores recipes in this process on one resident model (the same
-  `Evaluator`, started on the holdout split), keeping each item's value for the paired bootstrap; the searched
-  trials it scores are stored with `record`, as finalists are, so `export`, `status` and the dashboard read them.
+- the quickstart (quickstart.py): `HoldoutScorer` scores recipes on resident models (the same `Evaluator`,
+  started on the holdout split; this process's and a helper process's), keeping each item's value for the paired
+  bootstrap; the searched trials it scores are stored with `record`, as finalists are, so `export`, `status` and
+  the dashboard read them.
 
 The record is the ledger's study attribute `holdout:<trial>` (`{"fitness", "scores"}`; finished trials are
 immutable); export picks the trial with the best holdout fitness (ledger.py `best`).
@@ -92,37 +93,109 @@ def score_sets(backend: Any, prepared: Sequence[Any]) -> tuple[dict[str, SetScor
 
 
 class HoldoutScorer:
-    """One resident model in this process that scores recipes on the holdout split of a space's eval sets (the
-    worker's `Evaluator`, one thread, the run's item seed)."""
+    """Resident models that score recipes on the holdout split of a space's eval sets (the worker's `Evaluator`,
+    one thread, the run's item seed): one in this process and, with `processes` > 1, one in each of
+    `processes` - 1 helper processes (spawned at once, so they load while this one scores) that take a share of
+    `score_all`'s recipes. A recipe's scores do not depend on which process scored it: the same code, items and
+    thread count."""
 
     def __init__(self, space: Any, objs: Sequence[Objective], weights: Mapping[str, float] | None, how: str,
-                 template: Mapping[str, Any], seed: int, backend: str = "hf") -> None:
-        from transformers.utils import logging as hf_logging
+                 template: Mapping[str, Any], seed: int, backend: str = "hf", processes: int = 1) -> None:
+        from evomerge.worker import EvaluatorSpec
 
-        from evomerge.worker import EvaluatorSpec, Evaluator
-
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar in the middle of a report is noise
         self.objs, self.weights, self.how = tuple(objs), weights, how
         spec = EvaluatorSpec(recipe=dict(template), eval_sets=tuple(ref.path for ref in space.eval_sets),
                              split="holdout", seed=seed, threads=1, backend=backend)
-        self.evaluator: Any = Evaluator.start(spec, worker="holdout")
+        self.helpers = max(0, processes - 1)
+        self._pool: Any = None
+        if self.helpers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.helpers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_helper, initargs=(spec, self.objs, weights, how))
+            for _ in range(self.helpers):
+                self._pool.submit(int)  # start every helper now: each loads its model while this process does
+        self.evaluator = _start_evaluator(spec, "holdout")
         self.count = 0
 
     def score(self, recipe: Mapping[str, Any], label: str = "recipe") -> HoldoutResult:
-        """Merge `recipe` (mergekit dict) into the resident model and score it on holdout; a failure names
-        `label`."""
-        from evomerge.recipe import Recipe
-
+        """Merge `recipe` (mergekit dict) into this process's resident model and score it on holdout; a failure
+        names `label`."""
         self.count += 1
-        try:
-            self.evaluator.apply(Recipe.from_mergekit(dict(recipe)))
-            scores, items = score_sets(self.evaluator.backend, self.evaluator.prepared)
-        except Exception as e:  # noqa: BLE001 - name the point whose scoring failed
-            raise RuntimeError(f"scoring {label} on holdout failed: {e}") from e
-        return holdout_result(scores, self.objs, self.weights, self.how, items)
+        return _score_recipe(self.evaluator, recipe, label, self.objs, self.weights, self.how)
+
+    def score_all(self, jobs: Sequence[tuple[Mapping[str, Any], str]]) -> list[HoldoutResult]:
+        """Every (recipe, label) scored, results in the jobs' order: this process takes jobs from the front, each
+        helper one at a time from the back, so nobody waits while work is left. A helper that dies hands its job
+        back to this process; a scoring failure names its label, wherever it happened."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        results: list[HoldoutResult | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        running: dict[Any, int] = {}  # a helper's future -> its job
+        while pending or running:
+            while self._pool is not None and pending and len(running) < self.helpers:
+                i = pending.pop()
+                running[self._pool.submit(_helper_score, *jobs[i])] = i
+            if pending:
+                i = pending.pop(0)
+                results[i] = self.score(*jobs[i])
+            else:
+                wait(running, return_when=FIRST_COMPLETED)
+            for future in [f for f in running if f.done()]:
+                i = running.pop(future)
+                try:
+                    results[i] = future.result()
+                    self.count += 1
+                except BrokenProcessPool:  # the helper is gone, not the recipe's fault: score it here
+                    self._close_pool()
+                    pending.append(i)
+        return [r for r in results if r is not None]
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
+        self._close_pool()
         self.evaluator = None
+
+
+def _start_evaluator(spec: Any, name: str) -> Any:
+    from transformers.utils import logging as hf_logging
+
+    from evomerge.worker import Evaluator
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar in the middle of a report is noise
+    return Evaluator.start(spec, worker=name)
+
+
+def _score_recipe(evaluator: Any, recipe: Mapping[str, Any], label: str, objs: Sequence[Objective],
+                  weights: Mapping[str, float] | None, how: str) -> HoldoutResult:
+    from evomerge.recipe import Recipe
+
+    try:
+        evaluator.apply(Recipe.from_mergekit(dict(recipe)))
+        scores, items = score_sets(evaluator.backend, evaluator.prepared)
+    except Exception as e:  # noqa: BLE001 - name the point whose scoring failed
+        raise RuntimeError(f"scoring {label} on holdout failed: {e}") from e
+    return holdout_result(scores, objs, weights, how, items)
+
+
+_HELPER: tuple[Any, ...] = ()  # in a helper process: (evaluator, objectives, weights, scalarization)
+
+
+def _start_helper(spec: Any, objs: Sequence[Objective], weights: Mapping[str, float] | None, how: str) -> None:
+    global _HELPER
+    _HELPER = (_start_evaluator(spec, "holdout-helper"), objs, weights, how)
+
+
+def _helper_score(recipe: Mapping[str, Any], label: str) -> HoldoutResult:
+    evaluator, objs, weights, how = _HELPER
+    return _score_recipe(evaluator, recipe, label, objs, weights, how)
 
 
 # -- the dashboard's note ---------------------------------------------------------------------------------------

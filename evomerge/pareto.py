@@ -1,4 +1,4 @@
-"""Pareto dominance, non-dominated subsets and hypervolume for maximized objectives. Pure Python, no imports.
+"""Pareto dominance, non-dominated subsets and hypervolume for maximized objectives. Pure Python (math only).
 
 Points are sequences of floats, every coordinate higher-is-better. The hypervolume of a set is the volume of
 the union of the boxes spanned between a reference point (worse than or equal to every point in every
@@ -9,6 +9,7 @@ lower, of the points at or beyond it), which is fast for the tens of points a qu
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 Point = Sequence[float]
@@ -45,10 +46,13 @@ def _hv(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
     # whose first coordinate is >= x, so its area is the lower-dimensional hypervolume of those points
     order = sorted(points, key=lambda p: -p[0])
     total = 0.0
+    reach = -math.inf  # in two dimensions the slab's one-dimensional volume is the running maximum (no recursion)
     for k, p in enumerate(order):
         lower = order[k + 1][0] if k + 1 < len(order) else ref[0]
+        reach = max(reach, p[1])
         if p[0] > lower:
-            total += (p[0] - lower) * _hv([q[1:] for q in order[: k + 1]], ref[1:])
+            below = reach - ref[1] if len(ref) == 2 else _hv([q[1:] for q in order[: k + 1]], ref[1:])
+            total += (p[0] - lower) * below
     return total
 
 

@@ -16,9 +16,10 @@
 6. Export the front point with the best mean objective on holdout (recipe, merged model, manifest) and draw the
    run's plots (with the grid and uniform points from tradeoff.json overlaid on the Pareto panels).
 
-Holdout scoring runs in this process on one resident model (holdout.py's `HoldoutScorer`: the same `Evaluator` a
-search worker uses), so every point of the table is scored by the same code on the same items, and each item's score
-is kept for the intervals. The searched points' holdout results are stored in their runs' ledgers as the search's
+Holdout scoring runs on resident models, one in this process and one in a helper process when the machine has two
+cores (holdout.py's `HoldoutScorer`: the same `Evaluator` a search worker uses, one thread each), so every point of
+the table is scored by the same code on the same items, whichever process took it, and each item's score is kept
+for the intervals. The searched points' holdout results are stored in their runs' ledgers as the search's
 finalist re-check stores its own (holdout.py `record`): export's manifest, `status` and the study's dashboard note
 (the whole holdout table) show them.
 """
@@ -108,8 +109,8 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     objs, weights, _ = load_objectives(space, allow_test_splits=False)
     scorer = _HoldoutScorer(space, n_layers, objs, weights, seed)
     print(f"scoring the sources and the paper's grid on holdout ({', '.join(scorer.sets)}) ...")
-    points = [scorer.score_weights("source", label, wi, wl) for label, (wi, wl) in SOURCES.items()]
-    points += [scorer.score_weights("grid", f"w={w:g}", 1.0, w) for w in GRID]
+    points = scorer.score([scorer.weights_job("source", label, wi, wl) for label, (wi, wl) in SOURCES.items()]
+                          + [scorer.weights_job("grid", f"w={w:g}", 1.0, w) for w in GRID])
 
     print("searching per-layer weights (NSGA-II on dev; not seeded with the grid) ...")
     summary = run_search(space_path, SearchOptions(name=name, runs_dir=Path(runs_dir), seed=seed, workers=workers,
@@ -117,7 +118,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     front_trials = _dev_front(summary.run_dir, name)
     print(f"{summary.n_complete} candidates evaluated ({summary.n_failed} failed); re-scoring the "
           f"{len(front_trials)} trials of the dev Pareto front on holdout ...")
-    front = [scorer.score_trial(t.number, t.params) for t in front_trials]
+    front = scorer.score([scorer.trial_job(t.number, t.params) for t in front_trials])
     scorer.record(summary.run_dir, name, "front", front)  # export, status and the dashboard read them there
 
     print("searching one uniform language weight with the same optimizer, seed and budget (the baseline) ...")
@@ -130,9 +131,8 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     uniform_trials = _dev_front(uniform_summary.run_dir, UNIFORM_RUN)
     print(f"{uniform_summary.n_complete} candidates evaluated ({uniform_summary.n_failed} failed); re-scoring the "
           f"{len(uniform_trials)} trials of the uniform search's dev front on holdout ...")
-    uniform = [scorer.score_trial(t.number, t.params, kind="uniform",
-                                  label="uniform " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(t.params.items())))
-               for t in uniform_trials]
+    uniform = scorer.score([scorer.trial_job(t.number, t.params, kind="uniform", label="uniform " + ", ".join(
+        f"{k}={v:.3f}" for k, v in sorted(t.params.items()))) for t in uniform_trials])
     scorer.record(uniform_summary.run_dir, UNIFORM_RUN, "uniform", uniform)
     points += uniform + front
     scorer.close()
@@ -251,14 +251,27 @@ def weights_recipe(space: Any, template: Mapping[str, Any], instruct: float, lan
     return recipe
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One point to score on holdout: what it is, its label, its mergekit recipe and, for searched points, the
+    trial number."""
+
+    kind: str
+    label: str
+    recipe: Mapping[str, Any]
+    trial: int | None = None
+
+
 class _HoldoutScorer:
-    """The quickstart's points scored on holdout by the one holdout scorer (holdout.py's `HoldoutScorer`, in this
-    process): uniform merges by weights, searched trials by their genes."""
+    """The quickstart's points scored on holdout by the one holdout scorer (holdout.py's `HoldoutScorer`: a model
+    in this process and, on a machine with two cores or more, one in a helper process, each taking points of a
+    batch): uniform merges by weights, searched trials by their genes."""
 
     def __init__(self, space: Any, n_layers: int, objs: Sequence[Any], weights: Mapping[str, float],
                  seed: int) -> None:
         from evomerge.evalsets import load_evalset
         from evomerge.holdout import HoldoutScorer
+        from evomerge.pool import local_cores
 
         self.space, self.n_layers, self.objs = space, n_layers, tuple(objs)
         self.template = space.recipe({g.name: g.init for g in space.expand(n_layers)}, n_layers).to_mergekit()
@@ -267,7 +280,9 @@ class _HoldoutScorer:
         used = {t.set for o in self.objs for t in o.terms}
         # sets scored but not optimized (bits per byte in B): shown next to the objectives
         self.extra_metrics = {c.name: c.metric for c in cards if c.name not in used}
-        self.scorer = HoldoutScorer(space, self.objs, weights, space.search.scalarize, self.template, seed)
+        # holdout scoring runs between the searches, when their workers are gone: two processes use both cores
+        self.scorer = HoldoutScorer(space, self.objs, weights, space.search.scalarize, self.template, seed,
+                                    processes=min(2, local_cores()))
         self.uniform: Any = None  # the uniform baseline's space, parsed on first use
         self.results: dict[tuple[str, int], Any] = {}  # (kind, trial) -> HoldoutResult, for the ledgers
 
@@ -275,17 +290,17 @@ class _HoldoutScorer:
     def count(self) -> int:
         return self.scorer.count
 
-    def score_weights(self, kind: str, label: str, instruct: float, language: float) -> Point:
+    def weights_job(self, kind: str, label: str, instruct: float, language: float) -> _Job:
         """A uniform merge: base + instruct * (instruct - base) + language * (language model - base)."""
-        return self._score(kind, label, weights_recipe(self.space, self.template, instruct, language))
+        return _Job(kind, label, weights_recipe(self.space, self.template, instruct, language))
 
-    def score_trial(self, number: int, params: Mapping[str, float], *, kind: str = "front",
-                    label: str | None = None) -> Point:
+    def trial_job(self, number: int, params: Mapping[str, float], *, kind: str = "front",
+                  label: str | None = None) -> _Job:
         """A searched genome: trial `number`'s parameters (of this space, or of the uniform space: a global
-        gene's value sets every tensor of its model, as `score_weights` does)."""
+        gene's value sets every tensor of its model, as `weights_job` does)."""
         space = self.space if kind == "front" else self._uniform_space()
         recipe = space.recipe(dict(params), self.n_layers).to_mergekit()
-        return self._score(kind, label or f"trial {number}", recipe, number)
+        return _Job(kind, label or f"trial {number}", recipe, number)
 
     def _uniform_space(self) -> Any:
         if self.uniform is None:
@@ -294,12 +309,15 @@ class _HoldoutScorer:
             self.uniform = parse_space(uniform_space_data(Path(self.space.source), self.space), str(self.space.source))
         return self.uniform
 
-    def _score(self, kind: str, label: str, recipe: Mapping[str, Any], trial: int | None = None) -> Point:
-        result = self.scorer.score(recipe, label)
-        if trial is not None:
-            self.results[(kind, trial)] = result
-        extra = {f"{n} {m}": result.scores[n].metric(m) for n, m in self.extra_metrics.items()}
-        return Point(kind, label, dict(result.objectives), extra, trial, result.items)
+    def score(self, jobs: Sequence[_Job]) -> list[Point]:
+        """The jobs' points, in order (scored side by side by the scorer's processes)."""
+        points = []
+        for job, result in zip(jobs, self.scorer.score_all([(j.recipe, j.label) for j in jobs])):
+            if job.trial is not None:
+                self.results[(job.kind, job.trial)] = result
+            extra = {f"{n} {m}": result.scores[n].metric(m) for n, m in self.extra_metrics.items()}
+            points.append(Point(job.kind, job.label, dict(result.objectives), extra, job.trial, result.items))
+        return points
 
     def record(self, run_dir: Path, name: str, kind: str, points: Sequence[Point]) -> None:
         """Store the searched points' holdout results in their run's ledger (holdout.py `record`, as the search's
@@ -421,7 +439,8 @@ def tradeoff(points: Sequence[Point], names: Sequence[str], axes: Sequence[str],
             continue
         best = max(by_kind[baseline], key=lambda q: sum(q.objectives[n] for n in names))
         for p in front:
-            mean = paired_bootstrap([p.items, best.items], lambda m: mean_objective(m[0]) - mean_objective(m[1]), **kw)
+            mean = paired_bootstrap([p.items, best.items], lambda m: mean_objective(m[0]) - mean_objective(m[1]),
+                                    vectorized=True, **kw)
             record["comparisons"].append({
                 "point": p.label, "against": best.label, "against_kind": baseline,
                 "mean_objective_interval": mean.as_dict(),

@@ -15,7 +15,8 @@ weight: its value is the weighted mean of the item sets' means, as `fitness.obje
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
 
 from evomerge.pareto import hypervolume
 
@@ -48,12 +49,16 @@ class Interval:
         return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
-def paired_bootstrap(merges: Sequence[ItemScores], statistic: Callable[[list[dict[str, float]]], float], *,
-                     resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> Interval:
+def paired_bootstrap(merges: Sequence[ItemScores], statistic: Callable[[list[dict[str, Any]]], Any], *,
+                     resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
+                     vectorized: bool = False) -> Interval:
     """The interval of `statistic(means)`, where `means[k][s]` is merge k's mean over item set s.
 
     Every resample draws each item set's items with replacement once and uses that draw for every merge (the
     pairing); the draws depend only on `seed` and the item sets' sizes, so the same call gives the same interval.
+    With `vectorized`, `statistic` is called once for all resamples, each mean an array over them (for statistics
+    made of arithmetic that numpy applies elementwise, such as differences of weighted means), and returns an
+    array; the interval is the same as calling it once per resample, only faster.
     """
     import numpy as np
 
@@ -69,24 +74,45 @@ def paired_bootstrap(merges: Sequence[ItemScores], statistic: Callable[[list[dic
             if len(m[s]) != len(merges[0][s]) or not len(m[s]):
                 raise ValueError(f"item set {s!r}: merge {k} has {len(m[s])} items, merge 0 {len(merges[0][s])}; "
                                  "a paired comparison needs the same (non-empty) items")
-    rng = np.random.Generator(np.random.PCG64(seed))
+    draws = _draws(seed, resamples, tuple(len(merges[0][s]) for s in names))
     boot: dict[str, np.ndarray] = {}  # item set -> (merges, resamples) means over the resampled items
-    for s in names:
+    for s, counts in zip(names, draws):
         values = np.array([m[s] for m in merges], dtype=np.float64)  # (merges, items)
-        n = values.shape[1]
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)  # (resamples, items): one draw per row
-        boot[s] = values @ counts.T / n
+        boot[s] = values @ counts / values.shape[1]
     full = [{s: float(np.mean(m[s])) for s in names} for m in merges]
-    stats = np.array([statistic([{s: float(boot[s][k, r]) for s in names} for k in range(len(merges))])
-                      for r in range(resamples)])
+    if vectorized:
+        stats = np.asarray(statistic([{s: boot[s][k] for s in names} for k in range(len(merges))]), dtype=np.float64)
+        if stats.shape != (resamples,):
+            raise ValueError(f"a vectorized statistic must return one value per resample, got shape {stats.shape}")
+    else:
+        stats = np.array([statistic([{s: float(boot[s][k, r]) for s in names} for k in range(len(merges))])
+                          for r in range(resamples)])
     tail = (1 - level) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return Interval(float(statistic(full)), float(low), float(high), level, resamples)
 
 
+@lru_cache(maxsize=4)
+def _draws(seed: int, resamples: int, sizes: tuple[int, ...]) -> tuple[Any, ...]:
+    """Each item set's resampling counts, (items, resamples) as floats: column r says how often resample r drew
+    each item. One generator per seed, item sets in order, so a comparison's draws depend only on the seed and the
+    sizes; kept for the next comparison of the same shape (a quickstart makes about a hundred), since drawing them
+    costs more than the comparison. Read-only: they are shared."""
+    import numpy as np
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = []
+    for n in sizes:
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).T.astype(np.float64)  # one draw per column
+        counts.flags.writeable = False
+        out.append(counts)
+    return tuple(out)
+
+
 def mean_difference(a: Sequence[float], b: Sequence[float], **kw) -> Interval:
     """mean(a) - mean(b) for two merges' values on the same items (item i of `a` and of `b` is the same item)."""
-    return paired_bootstrap([{"items": a}, {"items": b}], lambda m: m[0]["items"] - m[1]["items"], **kw)
+    return paired_bootstrap([{"items": a}, {"items": b}], lambda m: m[0]["items"] - m[1]["items"], vectorized=True,
+                            **kw)
 
 
 def objective_value(means: Mapping[str, float], objective: Objective) -> float:
@@ -100,7 +126,7 @@ def objective_value(means: Mapping[str, float], objective: Objective) -> float:
 def objective_difference(a: ItemScores, b: ItemScores, objective: Objective, **kw) -> Interval:
     """One objective of merge `a` minus the same objective of merge `b`, on the same items."""
     return paired_bootstrap([a, b], lambda m: objective_value(m[0], objective) - objective_value(m[1], objective),
-                            **kw)
+                            vectorized=True, **kw)
 
 
 def hypervolume_difference(front_a: Sequence[ItemScores], front_b: Sequence[ItemScores],
@@ -109,10 +135,16 @@ def hypervolume_difference(front_a: Sequence[ItemScores], front_b: Sequence[Item
     items; the reference point stays fixed across resamples (so only the item draw varies)."""
     if len(reference) != len(objectives):
         raise ValueError(f"{len(objectives)} objectives but a reference of {len(reference)} coordinates")
+    import numpy as np
+
     n_a = len(front_a)
 
-    def hv_diff(means: list[dict[str, float]]) -> float:
-        pts = [[objective_value(m, o) for o in objectives] for m in means]
-        return hypervolume(pts[:n_a], reference) - hypervolume(pts[n_a:], reference)
+    def hv_diff(means: list[dict[str, Any]]) -> Any:
+        # every merge's objectives at once (arrays over the resamples), then the hypervolumes resample by resample
+        pts = np.array([[objective_value(m, o) for o in objectives] for m in means], dtype=np.float64)
+        if pts.ndim == 2:  # the full sample: one value per merge and objective
+            return hypervolume(pts[:n_a].tolist(), reference) - hypervolume(pts[n_a:].tolist(), reference)
+        per_resample = pts.transpose(2, 0, 1).tolist()  # (resamples, merges, objectives)
+        return np.array([hypervolume(p[:n_a], reference) - hypervolume(p[n_a:], reference) for p in per_resample])
 
-    return paired_bootstrap([*front_a, *front_b], hv_diff, **kw)
+    return paired_bootstrap([*front_a, *front_b], hv_diff, vectorized=True, **kw)

@@ -49,7 +49,7 @@ def test_the_quickstart_and_the_finalist_recheck_score_holdout_alike(world):
 
     path, space, n_layers, objs, weights, scorer = world
     params = _params(space, n_layers, 0.7)
-    point = scorer.score_trial(7, params)
+    point, = scorer.score([scorer.trial_job(7, params)])
     quick = scorer.results[("front", 7)]
 
     recipe = space.recipe(params, n_layers).to_mergekit()
@@ -95,7 +95,7 @@ def test_quickstart_holdout_reaches_the_manifest_status_and_the_dashboard_note(w
     run = tmp_path / "q"
     ledger = _run_with_two_trials(run, path, space, n_layers)
     trials = ledger.trials()
-    points = [scorer.score_trial(t.number, t.params) for t in trials]
+    points = scorer.score([scorer.trial_job(t.number, t.params) for t in trials])
     scorer.record(run, "q", "front", points)  # what the quickstart does with its front
 
     hold = Ledger.open(run, "q", (), create=False).holdout()
@@ -120,7 +120,7 @@ def test_quickstart_holdout_reaches_the_manifest_status_and_the_dashboard_note(w
     get_note = pytest.importorskip("optuna_dashboard").get_note
     names = [o.name for o in objs]
     assert f"| finalist | trial {best} |" in finalists_note(Ledger.open(run, "q", (), create=False), objs)
-    grid = scorer.score_weights("grid", "w=1", 1.0, 1.0)
+    grid, = scorer.score([scorer.weights_job("grid", "w=1", 1.0, 1.0)])
     _note(run, "q", [grid, *points], names, tradeoff([grid, *points], names, names))
     note = get_note(optuna.load_study(study_name="q", storage=f"sqlite:///{run / 'study.db'}"))
     assert "holdout against the baselines" in note and "| grid | w=1 |" in note

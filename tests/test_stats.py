@@ -127,3 +127,30 @@ def test_item_values_average_to_the_set_scores() -> None:
     assert per == {"prompt_acc": [1.0, 0.0], "prompt_acc_loose": [1.0, 1.0], "lang_acc": [1.0, 0.0]}
     for metric, values in per.items():
         assert sum(values) / 2 == pytest.approx(agg.metric(metric))
+
+
+def test_vectorized_statistics_give_the_interval_of_one_call_per_resample() -> None:
+    # the shipped comparisons pass vectorized=True; the per-resample path is the definition they must agree with
+    from evomerge.pareto import hypervolume
+    from evomerge.stats import objective_value
+
+    rng = random.Random(9)
+
+    def merge() -> dict[str, list[float]]:  # real-valued items in two item sets of different sizes
+        return {"x": [rng.random() for _ in range(40)], "y": [rng.gauss(0.5, 0.2) for _ in range(70)]}
+
+    a, b, c = merge(), merge(), merge()
+    objective = {"x": 2.0, "y": 1.0}
+    by_resample = paired_bootstrap([a, b], lambda m: objective_value(m[0], objective) - objective_value(m[1], objective),
+                                   seed=4, resamples=300)
+    assert objective_difference(a, b, objective, seed=4, resamples=300) == by_resample
+    objectives, reference = [{"x": 1.0}, {"y": 1.0}, objective], [0.0, 0.0, 0.0]
+
+    def hv_diff(means):
+        pts = [[objective_value(m, o) for o in objectives] for m in means]
+        return hypervolume(pts[:2], reference) - hypervolume(pts[2:], reference)
+
+    assert (hypervolume_difference([a, b], [c], objectives, reference, seed=4, resamples=300)
+            == paired_bootstrap([a, b, c], hv_diff, seed=4, resamples=300))
+    with pytest.raises(ValueError, match="one value per resample"):
+        paired_bootstrap([a, b], lambda m: 0.0, vectorized=True)
