@@ -85,7 +85,7 @@ def run_quickstart(runs_dir: Path, seed: int = 0, workers: int = 2, *, space_pat
 
 def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, generations: int | None,
                 popsize: int | None, export_model: bool, plots: bool) -> dict[str, Any]:
-    from evomerge.search import SearchOptions, ensure_models, run_search
+    from evomerge.search import SearchOptions, ensure_models
     from evomerge.space import load_space
 
     started = time.perf_counter()
@@ -103,39 +103,32 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
             shutil.rmtree(previous)
 
     from evomerge.hub import check_configs
+    from evomerge.pool import local_ray
     from evomerge.search import load_objectives
 
     n_layers = check_configs(space).n_layers
     objs, weights, _ = load_objectives(space, allow_test_splits=False)
     scorer = _HoldoutScorer(space, n_layers, objs, weights, seed)
-    print(f"scoring the sources and the paper's grid on holdout ({', '.join(scorer.sets)}) ...")
-    points = scorer.score([scorer.weights_job("source", label, wi, wl) for label, (wi, wl) in SOURCES.items()]
-                          + [scorer.weights_job("grid", f"w={w:g}", 1.0, w) for w in GRID])
+    try:
+        print(f"scoring the sources and the paper's grid on holdout ({', '.join(scorer.sets)}) ...")
+        points = scorer.score([scorer.weights_job("source", label, wi, wl) for label, (wi, wl) in SOURCES.items()]
+                              + [scorer.weights_job("grid", f"w={w:g}", 1.0, w) for w in GRID])
 
-    print("searching per-layer weights (NSGA-II on dev; not seeded with the grid) ...")
-    summary = run_search(space_path, SearchOptions(name=name, runs_dir=Path(runs_dir), seed=seed, workers=workers,
-                                                   generations=generations, popsize=popsize, progress=False))
-    front_trials = _dev_front(summary.run_dir, name)
-    print(f"{summary.n_complete} candidates evaluated ({summary.n_failed} failed); re-scoring the "
-          f"{len(front_trials)} trials of the dev Pareto front on holdout ...")
-    front = scorer.score([scorer.trial_job(t.number, t.params) for t in front_trials])
-    scorer.record(summary.run_dir, name, "front", front)  # export, status and the dashboard read them there
-
-    print("searching one uniform language weight with the same optimizer, seed and budget (the baseline) ...")
-    uniform_dir.mkdir(parents=True)
-    uniform_space = uniform_dir / "space.yaml"
-    write_atomic(uniform_space, _yaml_text(uniform_space_data(space_path, space)))
-    uniform_summary = run_search(uniform_space, SearchOptions(name=UNIFORM_RUN, runs_dir=Path(runs_dir), seed=seed,
-                                                              workers=workers, generations=generations,
-                                                              popsize=popsize, progress=False))
-    uniform_trials = _dev_front(uniform_summary.run_dir, UNIFORM_RUN)
-    print(f"{uniform_summary.n_complete} candidates evaluated ({uniform_summary.n_failed} failed); re-scoring the "
-          f"{len(uniform_trials)} trials of the uniform search's dev front on holdout ...")
-    uniform = scorer.score([scorer.trial_job(t.number, t.params, kind="uniform", label="uniform " + ", ".join(
-        f"{k}={v:.3f}" for k, v in sorted(t.params.items()))) for t in uniform_trials])
-    scorer.record(uniform_summary.run_dir, UNIFORM_RUN, "uniform", uniform)
+        with local_ray():  # one Ray instance for both searches (each starting and stopping its own: ~7 s more)
+            print("searching per-layer weights (NSGA-II on dev; not seeded with the grid) ...")
+            options = dict(runs_dir=Path(runs_dir), seed=seed, workers=workers, generations=generations,
+                           popsize=popsize, progress=False)
+            summary, front = _search(scorer, space_path, SearchOptions(name=name, **options), "front",
+                                     "the dev Pareto front")
+            print("searching one uniform language weight with the same optimizer, seed and budget (the baseline) ...")
+            uniform_dir.mkdir(parents=True)
+            uniform_space = uniform_dir / "space.yaml"
+            write_atomic(uniform_space, _yaml_text(uniform_space_data(space_path, space)))
+            uniform_summary, uniform = _search(scorer, uniform_space, SearchOptions(name=UNIFORM_RUN, **options),
+                                               "uniform", "the uniform search's dev front")
+    finally:
+        scorer.close()
     points += uniform + front
-    scorer.close()
 
     names = tuple(o.name for o in objs)
     item_objectives = {o.name: {f"{t.set}.{t.metric}": t.weight for t in o.terms} for o in objs}
@@ -175,6 +168,20 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     print(f"dashboard: {evomerge} dashboard {summary.run_dir}   (or optuna-dashboard "
           f"{storage_url(summary.run_dir)})")
     return result
+
+
+def _search(scorer: "_HoldoutScorer", space_file: Path, options: Any, kind: str, front: str) -> tuple[Any, list[Point]]:
+    """Run one search, re-score its dev Pareto front on holdout and store those scores in its ledger (export,
+    status and the dashboard read them there): (the search's summary, the front's points)."""
+    from evomerge.search import run_search
+
+    summary = run_search(space_file, options)
+    trials = _dev_front(summary.run_dir, options.name)
+    print(f"{summary.n_complete} candidates evaluated ({summary.n_failed} failed); re-scoring the {len(trials)} "
+          f"trials of {front} on holdout ...")
+    points = scorer.score([scorer.trial_job(t.number, t.params, kind=kind) for t in trials])
+    scorer.record(summary.run_dir, options.name, kind, points)
+    return summary, points
 
 
 def evomerge_command() -> str:
@@ -300,7 +307,10 @@ class _HoldoutScorer:
         gene's value sets every tensor of its model, as `weights_job` does)."""
         space = self.space if kind == "front" else self._uniform_space()
         recipe = space.recipe(dict(params), self.n_layers).to_mergekit()
-        return _Job(kind, label or f"trial {number}", recipe, number)
+        if label is None:  # a uniform point by its weights (trial numbers of two studies would read alike)
+            label = (f"trial {number}" if kind == "front"
+                     else "uniform " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(params.items())))
+        return _Job(kind, label, recipe, number)
 
     def _uniform_space(self) -> Any:
         if self.uniform is None:

@@ -150,3 +150,38 @@ def test_a_local_run_listens_on_the_loopback_interface_only(miniature, tmp_path)
 
     info = read_run(tmp_path / "runs" / "l")
     assert (info.backend, info.device, info.dtype, info.tensor_parallel) == ("hf", "cpu", "float32", 1)
+
+
+# --- one local Ray instance for searches run one after another (the quickstart's two) ---------------------------
+
+def test_searches_in_one_local_ray_join_it_and_take_only_their_own_actors_down(miniature, tmp_path):
+    import ray
+
+    from evomerge.pool import local_ray
+    from evomerge.search import SearchOptions, run_search
+
+    space = write_space(tmp_path / "space.yaml", miniature, popsize=3, generations=1, max_items=2)
+    runs = tmp_path / "runs"
+    with local_ray():
+        started = ray.get_runtime_context().get_node_id()
+        for name in ("first", "second"):
+            summary = run_search(space, SearchOptions(name=name, runs_dir=runs, workers=1, finalists=0,
+                                                      progress=False))
+            assert summary.n_complete == 3 and summary.n_failed == 0
+            # the pool joined this process's instance and left it running, with its own actor gone
+            assert ray.is_initialized() and ray.get_runtime_context().get_node_id() == started
+            assert _cpus_freed(ray), ray.available_resources()
+    assert not ray.is_initialized()  # the context stopped it
+
+
+def _cpus_freed(ray, seconds: float = 60.0) -> bool:
+    """Whether every CPU of the local instance is free again (a killed actor's CPU comes back once its process is
+    gone: asynchronously), within `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) == local_cores():
+            return True
+        time.sleep(0.2)
+    return False

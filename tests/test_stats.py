@@ -141,8 +141,8 @@ def test_vectorized_statistics_give_the_interval_of_one_call_per_resample() -> N
 
     a, b, c = merge(), merge(), merge()
     objective = {"x": 2.0, "y": 1.0}
-    by_resample = paired_bootstrap([a, b], lambda m: objective_value(m[0], objective) - objective_value(m[1], objective),
-                                   seed=4, resamples=300)
+    by_resample = paired_bootstrap(
+        [a, b], lambda m: objective_value(m[0], objective) - objective_value(m[1], objective), seed=4, resamples=300)
     assert objective_difference(a, b, objective, seed=4, resamples=300) == by_resample
     objectives, reference = [{"x": 1.0}, {"y": 1.0}, objective], [0.0, 0.0, 0.0]
 

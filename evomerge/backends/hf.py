@@ -52,6 +52,14 @@ class Usage:
     padded: int = 0
 
 
+# A worker's forward on a CPU: at most this many rows and rows x longest row tokens. A forward's fixed cost (Python
+# and per-layer dispatch) outweighs a small model's arithmetic, so more rows per forward pay: on the miniature a
+# 300-item holdout point took 2.43 s at 32 rows and 1.58 s at 128, every item's score the same. The token cap keeps
+# a large model's logits (tokens x vocabulary) bounded. On a GPU the memory plan sets the cap.
+CPU_BATCH_ROWS = 128
+CPU_BATCH_TOKENS = 8192
+
+
 class HFBackend:
     """A causal LM and its tokenizer; the model's parameters may be rewritten in place between calls."""
 

@@ -127,13 +127,16 @@ def start_backend(name: str, template, plan: MemoryPlan | None = None) -> tuple[
                                         tensor_parallel=plan.tensor_parallel, max_model_len=plan.max_model_len,
                                         max_num_batched_tokens=plan.batch_tokens if plan.device == "cuda" else None)
         return backend, backend.apply
-    from evomerge.backends.hf import HFBackend
+    from evomerge.backends.hf import CPU_BATCH_ROWS, CPU_BATCH_TOKENS, HFBackend
     from evomerge.merge import ResidentMerge
     from evomerge.tensors import torch_dtype
 
     device = "cuda" if plan is not None and plan.device == "cuda" else "cpu"  # a worker with a GPU scores on it
-    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device,
-                             max_batch_tokens=plan.batch_tokens if device == "cuda" else None)  # the plan's logits
+    if device == "cuda":  # the plan's logits
+        batch = dict(max_batch_tokens=plan.batch_tokens)
+    else:
+        batch = dict(batch_size=CPU_BATCH_ROWS, max_batch_tokens=CPU_BATCH_TOKENS)
+    backend = HFBackend.load(template.inputs[0].model, dtype=torch_dtype(template.dtype), device=device, **batch)
     return backend, ResidentMerge(template, backend.parameters(), device).apply
 
 
