@@ -271,15 +271,18 @@ def test_two_process_pretraining_gives_the_weights_of_one_process() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from evomerge.miniature.build import MODEL_SHAPE
-    from evomerge.miniature.parallel import pretrain
+    from evomerge.miniature.parallel import Ranks, pretrain
     from evomerge.miniature.train import TrainConfig
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, **MODEL_SHAPE)).to(torch.float32)
     blocks = torch.randint(0, 50, (24, 16), generator=torch.Generator().manual_seed(1))
     config = TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1)
+    later = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, seed=2)  # a second run, as lang-xb's
     one, two = copy.deepcopy(model), copy.deepcopy(model)
-    losses_one = pretrain(one, blocks, config, processes=1)
+    losses_one = pretrain(one, blocks, config)
+    one_later = copy.deepcopy(one)
+    losses_one_later = pretrain(one_later, blocks, later)
     seen: set[tuple[str, str]] = set()
     done = threading.Event()
 
@@ -291,14 +294,41 @@ def test_two_process_pretraining_gives_the_weights_of_one_process() -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        losses_two = pretrain(two, blocks, config, processes=2)
+        with Ranks.start() as ranks:  # the build's two runs on the same two ranks
+            losses_two = pretrain(two, blocks, config, ranks=ranks)
+            two_later = copy.deepcopy(two)
+            losses_two_later = pretrain(two_later, blocks, later, ranks=ranks)
+            processes = ranks.processes
     finally:
         done.set()
         sampler.join()
+    assert all(p.returncode == 0 for p in processes)  # told to stop, they exited cleanly
     assert seen and all(is_loopback(addr) for _, addr in seen), sorted(seen)
     assert losses_one == losses_two and len(losses_one) == 4
+    assert losses_one_later == losses_two_later and len(losses_one_later) == 3
+    for a, b in zip(one_later.state_dict().values(), two_later.state_dict().values()):
+        assert torch.equal(a, b)
     moved = False
     for (name, a), b, start in zip(one.state_dict().items(), two.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b), name
         moved |= not torch.equal(a, start)
     assert moved
+
+
+def test_a_failed_rank_stops_the_run_with_its_log() -> None:
+    """A rank that dies (here: token ids beyond the vocabulary) stops the other one and the run, naming the rank
+    and quoting its log, instead of leaving the other rank waiting for it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evomerge.miniature.build import MODEL_SHAPE
+    from evomerge.miniature.parallel import Ranks, pretrain
+    from evomerge.miniature.train import TrainConfig
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, **MODEL_SHAPE)).to(torch.float32)
+    blocks = torch.full((8, 16), 99)  # every id beyond the 50-token vocabulary
+    with Ranks.start() as ranks:
+        with pytest.raises(RuntimeError, match=r"(?s)rank \d exited with .*IndexError"):
+            pretrain(model, blocks, TrainConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=1), ranks=ranks)
+        processes = ranks.processes
+    assert all(p.poll() is not None for p in processes)

@@ -182,6 +182,18 @@ def _steps(config: TrainConfig, scale: float) -> TrainConfig:
 
 
 def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
+    from evomerge.miniature import parallel
+
+    # the pre-training ranks start first, so that their imports overlap making the world, the tokenizer and the data
+    ranks = parallel.Ranks.start() if parallel.default_processes(_steps(BASE_TRAIN, scale)) > 1 else None
+    try:
+        return _build_stages(root, seed=seed, scale=scale, ranks=ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _build_stages(root: Path, *, seed: int, scale: float, ranks: Any) -> dict[str, Any]:
     import copy
     import random
 
@@ -197,7 +209,7 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
     losses: dict[str, float] = {}
 
     def encode(docs: list[str]) -> list[list[int]]:
-        return [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+        return tokenizer(docs, add_special_tokens=False)["input_ids"]  # in one call: twice as fast as one by one
 
     def pretraining_blocks(docs: list[str]) -> torch.Tensor:
         return train.pack_documents(encode(docs), BLOCK_SIZE, tokenizer.bos_token_id, tokenizer.eos_token_id)
@@ -225,8 +237,8 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
         base = LlamaForCausalLM(config).to(torch.float32)
     base_cfg = _steps(BASE_TRAIN, scale)
     blocks = pretraining_blocks(w.pretraining_docs(world, rng("base"), n_docs(base_cfg)))
-    processes = {"base": parallel.default_processes(base_cfg)}  # the weights are the same either way (parallel.py)
-    losses["base"] = _tail(parallel.pretrain(base, blocks, base_cfg, processes=processes["base"]))
+    processes = {"base": parallel.SHARDS if ranks else 1}  # the weights are the same either way (parallel.py)
+    losses["base"] = _tail(parallel.pretrain(base, blocks, base_cfg, ranks=ranks))
     _save(base, tokenizer, root / "base")
     seconds["base"] = time.perf_counter() - start
 
@@ -235,8 +247,9 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
     lang = copy.deepcopy(base)
     lang_cfg = _steps(LANGUAGE_TRAIN, scale)
     blocks = pretraining_blocks(w.language_docs(world, rng("lang-xb"), n_docs(lang_cfg), "xb"))
-    processes["lang-xb"] = parallel.default_processes(lang_cfg)
-    losses["lang-xb"] = _tail(parallel.pretrain(lang, blocks, lang_cfg, processes=processes["lang-xb"]))
+    lang_ranks = ranks if lang_cfg.steps >= parallel.MIN_PARALLEL_STEPS else None
+    processes["lang-xb"] = parallel.SHARDS if lang_ranks else 1
+    losses["lang-xb"] = _tail(parallel.pretrain(lang, blocks, lang_cfg, ranks=lang_ranks))
     _save(lang, tokenizer, root / "lang-xb")
     seconds["lang-xb"] = time.perf_counter() - start
     del lang

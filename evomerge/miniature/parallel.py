@@ -10,23 +10,29 @@ Measured on two cores: 1000 base steps in 141 s against ~173-207 s in one proces
 more than half a batch, and the all-reduce of the 2.8 MB gradient ~10 ms a step; summing it through shared memory
 instead saved ~5 ms a step, not worth its code).
 
-Each rank is a fresh `python -m evomerge.miniature.parallel` process that reads its inputs from a private
-temporary directory (the model's weights and the blocks as safetensors, the config as JSON) and rank 0 writes the
-trained weights back there. Gloo listens on the loopback interface only.
+The ranks (`Ranks`) are `python -m evomerge.miniature.parallel` processes started once per build, before its
+data are made (their torch and transformers imports, ~5 s on a busy core, overlap the parent's work), that take
+the build's pre-training runs one after another (base, then lang-xb). Each run is a job directory in the ranks'
+private temporary directory: the parent writes the inputs there (the model's weights and the blocks as
+safetensors, the config as JSON) and then a `go` file; rank 0 writes the trained weights and the losses back and
+then a `done` file. A rank whose parent is gone exits. Gloo listens on the loopback interface only.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from evomerge.miniature.train import TrainConfig, train_causal_lm
 
@@ -59,8 +65,6 @@ def default_processes(config: TrainConfig) -> int:
 def idle_cores(window: float = 0.3) -> float:
     """How many of the machine's cores were idle over the next `window` seconds (Linux's /proc/stat; elsewhere the
     core count minus the one-minute load average)."""
-    import time
-
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -80,23 +84,90 @@ def idle_cores(window: float = 0.3) -> float:
 
 
 def pretrain(model: PreTrainedModel, blocks: torch.Tensor, config: TrainConfig, *,
-             processes: int | None = None) -> list[float]:
+             ranks: Ranks | None = None) -> list[float]:
     """Train `model` in place on packed `blocks` [n, T] in `SHARDS` slices per batch; return each step's loss.
 
-    `processes`: SHARDS (one rank per slice) or 1 (every slice in this process); `default_processes` if None.
-    """
-    if processes is None:
-        processes = default_processes(config)
-    if processes == 1:
+    On `ranks` (one per slice), or every slice in this process when None: the same weights either way."""
+    if ranks is None:
         return train_causal_lm(model, blocks, None, config, shards=SHARDS)
-    if processes != SHARDS:
-        raise ValueError(f"processes must be 1 or {SHARDS}, got {processes}")
-    with tempfile.TemporaryDirectory(prefix="evomerge-pretrain-") as tmp:
-        work = Path(tmp)
-        _write_inputs(work, model, blocks, config)
-        _run_ranks(work)
-        _read_outputs(work, model)
-        return json.loads((work / "losses.json").read_text())
+    return ranks.run(model, blocks, config)
+
+
+class Ranks:
+    """`SHARDS` rank processes that take pre-training runs one after another (`run`); `start` them, `close` them
+    (or use them in a `with`)."""
+
+    POLL = 0.05  # seconds between looks at the job's files and the processes
+
+    def __init__(self, work: Path, processes: list[subprocess.Popen], logs: list[Any]) -> None:
+        self.work, self.processes, self.logs = work, processes, logs
+        self.jobs = 0
+
+    @classmethod
+    def start(cls) -> "Ranks":
+        """Start the ranks: they import what they need, then wait for the first job."""
+        work = Path(tempfile.mkdtemp(prefix="evomerge-pretrain-"))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        loopback = _loopback_interface()
+        if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
+            env["GLOO_SOCKET_IFNAME"] = loopback
+        logs = [open(work / f"rank{r}.log", "w+") for r in range(SHARDS)]
+        processes = [subprocess.Popen([sys.executable, "-m", "evomerge.miniature.parallel", str(work), str(r),
+                                       str(os.getpid())], stdout=logs[r], stderr=subprocess.STDOUT, env=env)
+                     for r in range(SHARDS)]
+        return cls(work, processes, logs)
+
+    def run(self, model: PreTrainedModel, blocks: torch.Tensor, config: TrainConfig) -> list[float]:
+        """One pre-training run on the ranks: `model` is trained in place; returns each step's loss."""
+        job = self.work / f"job{self.jobs}"
+        self.jobs += 1
+        job.mkdir()
+        _write_inputs(job, model, blocks, config)
+        (job / "go").touch()
+        while not (job / "done").exists():
+            self._check()
+            time.sleep(self.POLL)
+        _read_outputs(job, model)
+        return json.loads((job / "losses.json").read_text())
+
+    def _check(self) -> None:
+        """A rank that has exited during a run failed: stop the others (they would wait for it forever) and raise
+        with its log's tail."""
+        failed = next((r for r, p in enumerate(self.processes) if p.poll() is not None), None)
+        if failed is None:
+            return
+        self._stop(kill=True)
+        log = self.logs[failed]
+        log.seek(0)
+        raise RuntimeError(f"data-parallel pre-training: rank {failed} exited with "
+                           f"{self.processes[failed].returncode}:\n{log.read()[-2000:]}")
+
+    def _stop(self, kill: bool) -> None:
+        if not kill:
+            (self.work / "stop").touch()
+        for p in self.processes:
+            if kill:
+                p.kill()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def close(self) -> None:
+        """Tell the ranks to exit, wait for them and remove their directory."""
+        try:
+            self._stop(kill=False)
+        finally:
+            for log in self.logs:
+                log.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> "Ranks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,44 +198,6 @@ def _loopback_interface() -> str | None:
     return next((n for n in names if n.startswith("lo")), None)
 
 
-def _run_ranks(work: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    loopback = _loopback_interface()
-    if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
-        env["GLOO_SOCKET_IFNAME"] = loopback
-    logs = [open(work / f"rank{r}.log", "w+") for r in range(SHARDS)]
-    try:
-        ranks = [subprocess.Popen([sys.executable, "-m", "evomerge.miniature.parallel", str(work), str(r)],
-                                  stdout=logs[r], stderr=subprocess.STDOUT, env=env) for r in range(SHARDS)]
-        failed = _wait(ranks)
-        if failed is not None:
-            logs[failed].seek(0)
-            tail = logs[failed].read()[-2000:]
-            raise RuntimeError(f"data-parallel pre-training: rank {failed} exited with "
-                               f"{ranks[failed].returncode}:\n{tail}")
-    finally:
-        for log in logs:
-            log.close()
-
-
-def _wait(ranks: list[subprocess.Popen]) -> int | None:
-    """Wait for every rank; when one fails, stop the others (they would wait for it forever) and return it."""
-    import time
-
-    while True:
-        codes = [r.poll() for r in ranks]
-        failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
-        if failed is not None:
-            for r in ranks:
-                if r.poll() is None:
-                    r.kill()
-                    r.wait()
-            return failed
-        if all(c == 0 for c in codes):
-            return None
-        time.sleep(0.2)
-
-
 def _read_outputs(work: Path, model: PreTrainedModel) -> None:
     from safetensors.torch import load_file
 
@@ -175,35 +208,50 @@ def _read_outputs(work: Path, model: PreTrainedModel) -> None:
 # A rank
 
 
-def _rank(work: Path, rank: int) -> None:
+def _serve(work: Path, rank: int, parent: int) -> None:
+    """Take the parent's jobs in order until it says stop (or is gone: a rank never outlives its build)."""
+    import torch
+
+    torch.set_num_threads(1)
+    for k in itertools.count():
+        job = work / f"job{k}"
+        while not (job / "go").exists():
+            if (work / "stop").exists() or os.getppid() != parent:
+                return
+            time.sleep(Ranks.POLL)
+        _train(job, rank)
+
+
+def _train(job: Path, rank: int) -> None:
     import torch
     import torch.distributed as dist
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.set_num_threads(1)
-    config = AutoConfig.from_pretrained(str(work / "model_config.json"), trust_remote_code=False)
+    config = AutoConfig.from_pretrained(str(job / "model_config.json"), trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=False).to(torch.float32)
-    model.load_state_dict(load_file(str(work / "weights.safetensors")))
-    blocks = load_file(str(work / "blocks.safetensors"))["blocks"]
-    train = TrainConfig(**json.loads((work / "train_config.json").read_text()))
-    dist.init_process_group("gloo", init_method=f"file://{work / 'rendezvous'}", rank=rank, world_size=SHARDS)
+    model.load_state_dict(load_file(str(job / "weights.safetensors")))
+    blocks = load_file(str(job / "blocks.safetensors"))["blocks"]
+    train = TrainConfig(**json.loads((job / "train_config.json").read_text()))
+    dist.init_process_group("gloo", init_method=f"file://{job / 'rendezvous'}", rank=rank, world_size=SHARDS)
     try:
         losses = train_causal_lm(model, blocks, None, train, shards=SHARDS, rank=rank,
                                  all_reduce=lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM))
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        _save_weights(model, work / "trained.safetensors")
-        (work / "losses.json").write_text(json.dumps(losses))
+        _save_weights(model, job / "trained.safetensors")
+        (job / "losses.json").write_text(json.dumps(losses))
+        (job / "done").touch()
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="one rank of the miniature's data-parallel pre-training (internal)")
     ap.add_argument("work", type=Path)
     ap.add_argument("rank", type=int)
+    ap.add_argument("parent", type=int)
     args = ap.parse_args(argv)
-    _rank(args.work, args.rank)
+    _serve(args.work, args.rank, args.parent)
 
 
 if __name__ == "__main__":
