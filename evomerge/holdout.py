@@ -129,7 +129,7 @@ class HoldoutScorer:
         """Every (recipe, label) scored, results in the jobs' order: this process takes jobs from the front, each
         helper one at a time from the back, so nobody waits while work is left. A helper that dies hands its job
         back to this process; a scoring failure names its label, wherever it happened."""
-        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
         from concurrent.futures.process import BrokenProcessPool
 
         results: list[HoldoutResult | None] = [None] * len(jobs)
@@ -137,8 +137,12 @@ class HoldoutScorer:
         running: dict[Any, int] = {}  # a helper's future -> its job
         while pending or running:
             while self._pool is not None and pending and len(running) < self.helpers:
-                i = pending.pop()
-                running[self._pool.submit(_helper_score, *jobs[i])] = i
+                try:
+                    future = self._pool.submit(_helper_score, *jobs[pending[-1]])
+                except BrokenProcessPool:  # a helper that could not start, or died between calls
+                    self._close_pool()
+                    break
+                running[future] = pending.pop()
             if pending:
                 i = pending.pop(0)
                 results[i] = self.score(*jobs[i])
@@ -149,7 +153,7 @@ class HoldoutScorer:
                 try:
                     results[i] = future.result()
                     self.count += 1
-                except BrokenProcessPool:  # the helper is gone, not the recipe's fault: score it here
+                except (BrokenProcessPool, CancelledError):  # the helper is gone, not the recipe's fault: here
                     self._close_pool()
                     pending.append(i)
         return [r for r in results if r is not None]

@@ -73,6 +73,30 @@ def test_the_quickstart_and_the_finalist_recheck_score_holdout_alike(world):
         worker.evaluate(Candidate(7, recipe)).scores, objs, weights, "mean").fitness, abs=1e-6)
 
 
+def test_two_scoring_processes_score_as_one_and_a_dead_helper_hands_its_work_back(world):
+    """holdout.py's helper process: the same scores as this process's model, and when it dies its points are
+    scored here (a lost helper never loses a point)."""
+    import os
+    import signal
+
+    from evomerge.holdout import HoldoutScorer
+
+    path, space, n_layers, objs, weights, scorer = world
+    jobs = [(space.recipe(_params(space, n_layers, v), n_layers).to_mergekit(), f"w={v}") for v in (0.3, 0.7, 1.1)]
+    alone = HoldoutScorer(space, objs, weights, space.search.scalarize, scorer.template, 0)
+    expected = [alone.score(*job) for job in jobs]
+    alone.close()
+    pair = HoldoutScorer(space, objs, weights, space.search.scalarize, scorer.template, 0, processes=2)
+    try:
+        assert pair.score_all(jobs) == expected and pair.count == 3
+        for pid in list(pair._pool._processes):  # the helper dies between calls
+            os.kill(pid, signal.SIGKILL)
+        assert pair.score_all(jobs) == expected and pair.count == 6
+        assert pair._pool is None  # this process scored them
+    finally:
+        pair.close()
+
+
 def _run_with_two_trials(run: Path, space_path: Path, space, n_layers: int) -> Ledger:
     """A run whose trial 0 leads on dev (gold_prob 0.9) ahead of trial 1 (0.6), with the space's params."""
     create_run(run, new_info(run.name, space_path, 0, 1, n_layers))
