@@ -27,6 +27,8 @@ from evomerge.miniature.world import make_world
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+    from evomerge.miniature.parallel import Ranks
+
 BUILD_FILE = "BUILD.json"
 BUILD_FORMAT = 3  # 2: the instruct fine-tune is no longer scaled down (see _build_into); 3: the 120-country world,
 # pre-trained in two slices per batch (parallel.py)
@@ -193,7 +195,7 @@ def _build_into(root: Path, *, seed: int, scale: float) -> dict[str, Any]:
             ranks.close()
 
 
-def _build_stages(root: Path, *, seed: int, scale: float, ranks: Any) -> dict[str, Any]:
+def _build_stages(root: Path, *, seed: int, scale: float, ranks: Ranks | None) -> dict[str, Any]:
     import copy
     import random
 
