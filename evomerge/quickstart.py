@@ -170,7 +170,7 @@ def _quickstart(space_path: Path, runs_dir: Path, seed: int, workers: int, gener
     return result
 
 
-def _search(scorer: "_HoldoutScorer", space_file: Path, options: Any, kind: str, front: str) -> tuple[Any, list[Point]]:
+def _search(scorer: _HoldoutScorer, space_file: Path, options: Any, kind: str, front: str) -> tuple[Any, list[Point]]:
     """Run one search, re-score its dev Pareto front on holdout and store those scores in its ledger (export,
     status and the dashboard read them there): (the search's summary, the front's points)."""
     from evomerge.search import run_search
@@ -292,10 +292,6 @@ class _HoldoutScorer:
                                     processes=min(2, local_cores()))
         self.uniform: Any = None  # the uniform baseline's space, parsed on first use
         self.results: dict[tuple[str, int], Any] = {}  # (kind, trial) -> HoldoutResult, for the ledgers
-
-    @property
-    def count(self) -> int:
-        return self.scorer.count
 
     def weights_job(self, kind: str, label: str, instruct: float, language: float) -> _Job:
         """A uniform merge: base + instruct * (instruct - base) + language * (language model - base)."""
